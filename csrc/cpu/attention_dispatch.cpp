@@ -1,0 +1,64 @@
+// Run-time choice of the paged-attention build (attention.cpp is compiled once per instruction set).
+#include <cstdlib>
+#include <cstring>
+
+#include "blas.h"
+#include "kernels.h"
+
+extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                       const int*, const float*, const int*, const float*, float*, const int*)
+    __attribute__((weak));
+
+namespace lmx::cpu {
+
+#define LMX_DECLARE_ISA(isa)                                                                              \
+  namespace isa {                                                                                         \
+  template <typename scalar_t>                                                                            \
+  void paged_attention(const AttentionParams&, TokenHeadView<scalar_t>, TokenHeadView<const scalar_t>,   \
+                       const scalar_t*, const scalar_t*);                                                 \
+  }
+LMX_DECLARE_ISA(baseline)
+#if defined(LMX_HAVE_AVX2)
+LMX_DECLARE_ISA(avx2)
+#endif
+
+namespace {
+bool use_avx2() {
+#if defined(LMX_HAVE_AVX2)
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+sgemm_fn blas_sgemm() {
+  static const sgemm_fn fn = [] {
+    const char* off = std::getenv("LMX_NO_BLAS");
+    if (off != nullptr && std::strcmp(off, "0") != 0 && std::strcmp(off, "") != 0) return sgemm_fn{nullptr};
+    return static_cast<sgemm_fn>(&sgemm_);
+  }();
+  return fn;
+}
+
+const char* attention_isa() { return use_avx2() ? "avx2" : "baseline"; }
+
+template <typename scalar_t>
+void paged_attention(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,
+                     const scalar_t* k_cache, const scalar_t* v_cache) {
+#if defined(LMX_HAVE_AVX2)
+  if (use_avx2()) return avx2::paged_attention<scalar_t>(p, out, query, k_cache, v_cache);
+#endif
+  baseline::paged_attention<scalar_t>(p, out, query, k_cache, v_cache);
+}
+
+template void paged_attention<float>(const AttentionParams&, TokenHeadView<float>, TokenHeadView<const float>,
+                                     const float*, const float*);
+template void paged_attention<c10::BFloat16>(const AttentionParams&, TokenHeadView<c10::BFloat16>,
+                                             TokenHeadView<const c10::BFloat16>, const c10::BFloat16*,
+                                             const c10::BFloat16*);
+template void paged_attention<c10::Half>(const AttentionParams&, TokenHeadView<c10::Half>,
+                                         TokenHeadView<const c10::Half>, const c10::Half*, const c10::Half*);
+
+}  // namespace lmx::cpu

@@ -1,0 +1,79 @@
+// CPU kernels of lmx: plain pointers, strides and sizes; no torch types past this line except the scalar types.
+// Inputs are validated by the binding (csrc/ops.cpp) before any of these runs.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "../rope_math.h"
+
+namespace lmx::cpu {
+
+// A [T, H, D] tensor whose last dim is contiguous: element (t, h, d) is at data[t * token_stride + h * head_stride + d].
+template <typename T>
+struct TokenHeadView {
+  T* data;
+  int64_t token_stride;
+  int64_t head_stride;
+  int64_t num_heads;
+};
+
+// Rotary embedding in place on query and (optionally) key.
+template <typename scalar_t>
+void rotary_embedding(const RopeParams& rope,
+                      bool is_neox,
+                      bool precise,
+                      int64_t num_tokens,
+                      int64_t head_dim,
+                      const int64_t* positions,        // [T]
+                      const int32_t* cu_seqlens,       // [B + 1] or nullptr (one sequence)
+                      const int64_t* rope_seq_lens,    // [B] or nullptr (max position + 1 per sequence)
+                      int64_t num_seqs,
+                      TokenHeadView<scalar_t> query,   // [T, Hq, D]
+                      TokenHeadView<scalar_t> key,     // [T, Hkv, D]; data == nullptr for none
+                      // Optional fused cache write of the rotated key and of value (k_cache == nullptr: none).
+                      TokenHeadView<const scalar_t> value,  // [T, Hkv, D]
+                      scalar_t* k_cache,               // [num_blocks, block_size, Hkv, D], contiguous
+                      scalar_t* v_cache,
+                      const int64_t* slot_mapping);    // [T]; negative = skip
+
+// Scatter key / value rows into the paged caches (cache dtype may differ from the input dtype).
+template <typename in_t, typename cache_t>
+void reshape_and_cache(int64_t num_tokens,
+                       int64_t head_dim,
+                       TokenHeadView<const in_t> key,     // [T, Hkv, D]
+                       TokenHeadView<const in_t> value,   // [T, Hkv, D]
+                       cache_t* k_cache,                  // [num_blocks, block_size, Hkv, D], contiguous
+                       cache_t* v_cache,
+                       const int64_t* slot_mapping);      // [T]
+
+struct AttentionParams {
+  int64_t num_seqs;
+  int64_t num_q_heads;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  int64_t block_size;
+  int64_t max_blocks_per_seq;
+  float scale;
+  int64_t sliding_window;        // <= 0: none
+  const int32_t* block_tables;   // [B, max_blocks]
+  const int32_t* seq_lens;       // [B]
+  const int32_t* cu_seqlens_q;   // [B + 1]
+  const float* alibi_slopes;     // [Hq] or nullptr
+};
+
+// out[T, Hq, D] = paged attention of query over the caches. Implemented once per instruction set
+// (attention.cpp is compiled for AVX2+FMA and for the baseline) and chosen at run time.
+template <typename scalar_t>
+void paged_attention(const AttentionParams& p,
+                     TokenHeadView<scalar_t> out,
+                     TokenHeadView<const scalar_t> query,
+                     const scalar_t* k_cache,   // [num_blocks, block_size, Hkv, D], contiguous
+                     const scalar_t* v_cache);
+
+// Name of the instruction set paged_attention uses on this machine ("avx2" or "baseline").
+const char* attention_isa();
+
+}  // namespace lmx::cpu

@@ -1,0 +1,165 @@
+"""lmx's kernels: fused rotary embedding with dynamic NTK, paged KV-cache writes and paged attention.
+
+This module is the only importer of ``lmx._C``. The C++ extension registers each op with the PyTorch dispatcher
+as ``torch.ops.lmx.<name>`` (CPU and CUDA keys; the binding validates every input and picks the device's
+implementation), and this module adds the fake (meta) implementations ``torch.compile`` needs, plus a documented
+wrapper per op. Shapes use the packed "varlen" convention of DESIGN.md §2:
+
+    T tokens in all, B sequences, query [T, Hq, D], key / value [T, Hkv, D], Hq % Hkv == 0,
+    caches [num_blocks, block_size, Hkv, D] (NHD), block_tables [B, max_blocks] int32, seq_lens [B] int32,
+    cu_seqlens [B + 1] int32, positions [T] int64, slot_mapping [T] int64 (negative = skip).
+
+The pure-PyTorch reference of each op, with the same signature, is ``lmx.reference``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loads the library that registers torch.ops.lmx.*)
+from .rope import RopeConfig
+
+__all__ = [
+    "RopeConfig",
+    "rotary_embedding",
+    "reshape_and_cache",
+    "rotary_embedding_and_cache",
+    "paged_attention",
+    "build_info",
+]
+
+_ops = torch.ops.lmx
+
+
+def build_info() -> dict:
+    """What the extension was built with: ``{"cuda": bool, "torch": str, "cpu_capability": str}``."""
+    return dict(_C.build_info())
+
+
+def _fake_rope(*args, **kwargs) -> None:
+    return None
+
+
+torch.library.register_fake("lmx::rotary_embedding")(_fake_rope)
+torch.library.register_fake("lmx::reshape_and_cache")(_fake_rope)
+torch.library.register_fake("lmx::rotary_embedding_and_cache")(_fake_rope)
+torch.library.register_fake("lmx::paged_attention")(_fake_rope)
+
+
+def rotary_embedding(
+    query: torch.Tensor,
+    key: torch.Tensor | None,
+    positions: torch.Tensor,
+    rope: RopeConfig,
+    *,
+    cu_seqlens: torch.Tensor | None = None,
+    rope_seq_lens: torch.Tensor | None = None,
+    precise: bool = False,
+) -> None:
+    """Rotate the first ``rope.rotary_dim`` channels of every head of ``query`` (and ``key``) in place.
+
+    Args:
+        query: ``[T, Hq, D]``, fp32 / bf16 / fp16; last dim contiguous.
+        key: ``[T, Hkv, D]`` of the same dtype, or ``None``.
+        positions: ``[T]`` int64, each ``>= 0``.
+        rope: the model's ``RopeConfig`` (scaling type, layout, partial rotary).
+        cu_seqlens: ``[B + 1]`` int32 sequence boundaries of the packed tokens; ``None`` means one sequence.
+        rope_seq_lens: ``[B]`` int64: the length that sets each sequence's dynamic-NTK base (``hf`` mode: the
+            prompt length while prefilling, even in chunks; ``p + 1`` when decoding position ``p``). ``None``
+            takes ``max(position) + 1`` of each sequence, transformers' rule.
+        precise: take ``position * inv_freq`` in float64 (exact past 2^24) instead of fp32 (transformers).
+
+    cos / sin are computed in the kernel from the per-sequence base, never read from a table.
+    """
+    _ops.rotary_embedding(
+        query, key, positions, rope.rotary_dim, rope.is_neox, rope.packed(), cu_seqlens, rope_seq_lens, precise
+    )
+
+
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write ``key`` / ``value`` ``[T, Hkv, D]`` into the paged caches at ``slot_mapping[t]``.
+
+    ``slot = block * block_size + offset``; a negative slot skips the token (padding). Caches are
+    ``[num_blocks, block_size, Hkv, D]`` and may have a different dtype than key/value (converted on write).
+    """
+    _ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+
+
+def rotary_embedding_and_cache(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    positions: torch.Tensor,
+    rope: RopeConfig,
+    *,
+    cu_seqlens: torch.Tensor | None = None,
+    rope_seq_lens: torch.Tensor | None = None,
+    precise: bool = False,
+) -> None:
+    """Fused ``rotary_embedding`` (query and key, in place) and ``reshape_and_cache`` of the rotated key and value.
+
+    One pass over the tokens: each key is rotated on its way into the cache.
+    """
+    _ops.rotary_embedding_and_cache(
+        query,
+        key,
+        value,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        positions,
+        rope.rotary_dim,
+        rope.is_neox,
+        rope.packed(),
+        cu_seqlens,
+        rope_seq_lens,
+        precise,
+    )
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    scale: float,
+    *,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int = -1,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of packed queries over paged caches: decode, prefill and chunked prefill in one op.
+
+    Args:
+        query: ``[T, Hq, D]``; the ``n_b = cu_seqlens_q[b+1] - cu_seqlens_q[b]`` queries of sequence ``b`` are its
+            last ``n_b`` tokens (already written to the cache), so query ``i`` is at position
+            ``seq_lens[b] - n_b + i`` and attends causally to keys ``0..that position``.
+        k_cache, v_cache: ``[num_blocks, block_size, Hkv, D]``, same dtype as ``query``.
+        block_tables: ``[B, max_blocks]`` int32, cache block of each ``block_size`` tokens of a sequence.
+        seq_lens: ``[B]`` int32, tokens in the cache per sequence (this step's included).
+        cu_seqlens_q: ``[B + 1]`` int32.
+        scale: softmax scale, usually ``D ** -0.5``.
+        alibi_slopes: optional ``[Hq]`` fp32; adds ``slope[h] * (key_pos - query_pos)``.
+        sliding_window: ``> 0`` limits each query to the last ``sliding_window`` keys (itself included).
+        out: optional ``[T, Hq, D]`` output buffer.
+
+    Returns ``out`` ``[T, Hq, D]``. Accumulation is fp32 with an online softmax; memory is O(tile), never O(T²).
+    """
+    if out is None:
+        out = torch.empty_like(query)
+    _ops.paged_attention(
+        out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, float(scale), alibi_slopes,
+        int(sliding_window),
+    )
+    return out

@@ -1,0 +1,189 @@
+"""RoPE configuration: what the rotary kernels need to know about a model's position encoding.
+
+One frozen dataclass, ``RopeConfig``, carries every scaling type that Hugging Face transformers implements in
+``modeling_rope_utils.py`` and that lmx supports (``default``, ``linear``, ``dynamic``, ``yarn``, ``llama3``).
+It is built from a transformers config (either spelling: legacy ``rope_scaling`` + ``rope_theta`` or the newer
+``rope_parameters``) or by hand, and it packs itself into the flat parameter list the C++ op takes.
+
+The arithmetic itself lives in one place, ``csrc/rope_math.h``, shared by the CPU and CUDA kernels; the pure-PyTorch
+reference (``lmx.reference``) mirrors it line by line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+SCALING_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+# Index of each scaling type in the C++ enum (csrc/rope_math.h: RopeScaling).
+_SCALING_CODE = {name: i for i, name in enumerate(SCALING_TYPES)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+    """Rotary position embedding of one model.
+
+    Attributes:
+        rotary_dim: number of leading channels of each head that are rotated (``head_dim`` unless the model uses
+            partial rotary); must be even.
+        base: ``rope_theta``.
+        scaling_type: one of ``SCALING_TYPES``.
+        factor: the scaling factor of ``linear``, ``dynamic``, ``yarn`` and ``llama3``.
+        max_position_embeddings: trained context of the model; ``dynamic`` rescales the base past it.
+        original_max_position_embeddings: ``yarn`` / ``llama3``: the context the base model was trained on.
+        low_freq_factor, high_freq_factor: ``llama3``.
+        beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor, truncate: ``yarn``.
+        is_neox: ``True`` rotates halves (Llama / Hugging Face "rotate_half"), ``False`` rotates adjacent pairs
+            (GPT-J "interleaved").
+    """
+
+    rotary_dim: int
+    base: float = 10000.0
+    scaling_type: str = "default"
+    factor: float = 1.0
+    max_position_embeddings: int = 2048
+    original_max_position_embeddings: int | None = None
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+    attention_factor: float | None = None
+    truncate: bool = True
+    is_neox: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rotary_dim, int) or self.rotary_dim <= 0 or self.rotary_dim % 2:
+            raise ValueError(f"rotary_dim: expected a positive even int, got {self.rotary_dim!r}")
+        if self.scaling_type not in _SCALING_CODE:
+            raise ValueError(f"scaling_type: expected one of {SCALING_TYPES}, got {self.scaling_type!r}")
+        if not (self.base > 1.0):
+            raise ValueError(f"base: expected rope_theta > 1, got {self.base!r}")
+        if self.scaling_type != "default" and not (self.factor > 0):
+            raise ValueError(f"factor: expected > 0 for scaling_type={self.scaling_type!r}, got {self.factor!r}")
+        if self.scaling_type == "dynamic" and self.factor < 1.0:
+            raise ValueError(f"factor: dynamic NTK needs factor >= 1, got {self.factor!r}")
+        if self.max_position_embeddings <= 0:
+            raise ValueError(f"max_position_embeddings: expected > 0, got {self.max_position_embeddings!r}")
+        if self.scaling_type in ("yarn", "llama3") and not self.original_max_position_embeddings:
+            raise ValueError(
+                f"original_max_position_embeddings: required for scaling_type={self.scaling_type!r}, got "
+                f"{self.original_max_position_embeddings!r}"
+            )
+        if self.scaling_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ValueError(
+                f"high_freq_factor: expected > low_freq_factor ({self.low_freq_factor}), got {self.high_freq_factor}"
+            )
+
+    # -- derived values ------------------------------------------------------------------------------------------
+
+    @property
+    def yarn_attention_factor(self) -> float:
+        """The factor yarn multiplies cos and sin by (1.0 for every other type), as transformers computes it."""
+        if self.scaling_type != "yarn":
+            return 1.0
+        if self.attention_factor is not None:
+            return float(self.attention_factor)
+
+        def get_mscale(scale: float, mscale: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+        if self.mscale and self.mscale_all_dim:
+            return get_mscale(self.factor, self.mscale) / get_mscale(self.factor, self.mscale_all_dim)
+        return get_mscale(self.factor)
+
+    def dynamic_base(self, seq_len: int) -> float:
+        """The dynamic-NTK base for a sequence of ``seq_len`` tokens (DESIGN §3); ``base`` for other types."""
+        if self.scaling_type != "dynamic" or seq_len <= self.max_position_embeddings:
+            return self.base
+        d = self.rotary_dim
+        ratio = self.factor * seq_len / self.max_position_embeddings - (self.factor - 1)
+        return self.base * ratio ** (d / (d - 2))
+
+    def packed(self) -> list[float]:
+        """The flat parameter list of the C++ op, in the order of ``csrc/rope_math.h: RopeParams``."""
+        return [
+            float(_SCALING_CODE[self.scaling_type]),
+            float(self.base),
+            float(self.factor),
+            float(self.max_position_embeddings),
+            float(self.original_max_position_embeddings or self.max_position_embeddings),
+            float(self.low_freq_factor),
+            float(self.high_freq_factor),
+            float(self.beta_fast),
+            float(self.beta_slow),
+            float(self.yarn_attention_factor),
+            1.0 if self.truncate else 0.0,
+        ]
+
+    # -- construction --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_hf_config(
+        cls, config: Any, *, rope_scaling_factor: float | None = None, rope_scaling: Mapping[str, Any] | None = None
+    ) -> "RopeConfig":
+        """Build from a transformers config object or its ``config.json`` dict.
+
+        Reads both spellings: ``rope_parameters`` (transformers 5) and ``rope_theta`` + ``rope_scaling`` (older).
+        ``rope_scaling`` overrides what the config says; ``rope_scaling_factor > 1`` is LMDeploy's shortcut for
+        ``{"rope_type": "dynamic", "factor": rope_scaling_factor}``.
+        """
+        get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+        num_heads = get("num_attention_heads")
+        head_dim = get("head_dim") or (get("hidden_size") // num_heads if num_heads else None)
+        if not head_dim:
+            raise ValueError("config: expected head_dim or hidden_size and num_attention_heads, got neither")
+        max_pos = get("max_position_embeddings")
+        if not max_pos:
+            raise ValueError("config: expected max_position_embeddings, got none")
+
+        params: dict[str, Any] = {}
+        rp = get("rope_parameters")
+        if isinstance(rp, Mapping) and "rope_theta" in rp or isinstance(rp, Mapping) and "rope_type" in rp:
+            params.update(rp)
+        legacy = get("rope_scaling")
+        if isinstance(legacy, Mapping):
+            params.update(legacy)
+        if "rope_theta" not in params and get("rope_theta") is not None:
+            params["rope_theta"] = get("rope_theta")
+        if rope_scaling:
+            params.update(rope_scaling)
+        elif rope_scaling_factor is not None and rope_scaling_factor > 1.0:
+            params.update({"rope_type": "dynamic", "factor": float(rope_scaling_factor)})
+
+        rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+        partial = params.get("partial_rotary_factor", get("partial_rotary_factor", 1.0)) or 1.0
+        rotary_dim = int(head_dim * partial)
+        kwargs: dict[str, Any] = dict(
+            rotary_dim=rotary_dim,
+            base=float(params.get("rope_theta", 10000.0)),
+            scaling_type=rope_type,
+            factor=float(params.get("factor", 1.0) or 1.0),
+            max_position_embeddings=int(max_pos),
+        )
+        if rope_type == "yarn":
+            factor = params.get("factor")
+            orig = params.get("original_max_position_embeddings") or max_pos
+            if factor is None:
+                factor = max_pos / orig
+            kwargs.update(
+                factor=float(factor),
+                original_max_position_embeddings=int(orig),
+                beta_fast=float(params.get("beta_fast") or 32),
+                beta_slow=float(params.get("beta_slow") or 1),
+                mscale=float(params.get("mscale") or 0.0),
+                mscale_all_dim=float(params.get("mscale_all_dim") or 0.0),
+                attention_factor=params.get("attention_factor"),
+                truncate=bool(params.get("truncate", True)),
+            )
+        elif rope_type == "llama3":
+            kwargs.update(
+                original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+                low_freq_factor=float(params["low_freq_factor"]),
+                high_freq_factor=float(params["high_freq_factor"]),
+            )
+        elif rope_type not in SCALING_TYPES:
+            raise ValueError(f"rope_scaling: unsupported rope_type {rope_type!r}; lmx supports {SCALING_TYPES}")
+        return cls(**kwargs)
