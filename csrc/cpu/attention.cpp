@@ -30,8 +30,8 @@
 namespace lmx::cpu::LMX_ISA {
 namespace {
 
-constexpr int64_t kKeyTile = 256;      // keys per tile
-constexpr int64_t kRowsPerTile = 64;   // target query rows (tokens × group) per work item
+constexpr int64_t kKeyTile = 512;      // keys per tile
+constexpr int64_t kRowsPerTile = 128;  // target query rows (tokens × group) per work item
 constexpr int64_t kMinKeysPerSplit = 512;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -116,8 +116,10 @@ class PagedAttention {
     at::parallel_for(0, std::max<int64_t>(num_threads, 1), 1, [&](int64_t, int64_t) {
       Scratch scratch;
       scratch.reserve(q_tile_ * group_, p_.head_dim);
+      const int previous_blas_threads = blas_single_thread();
       for (int64_t i = next.fetch_add(1); i < static_cast<int64_t>(work_.size()); i = next.fetch_add(1))
         process(work_[i], scratch);
+      blas_restore_threads(previous_blas_threads);
     });
     if (!merges_.empty()) merge_splits();
   }
@@ -234,7 +236,8 @@ class PagedAttention {
       for (int64_t r = 0; r < rows; ++r) {
         float* row = s + r * kt;
         float mx = kNegInf;
-        for (int64_t j = 0; j < kt; ++j) mx = std::max(mx, row[j]);
+#pragma omp simd reduction(max : mx)
+        for (int64_t j = 0; j < kt; ++j) mx = row[j] > mx ? row[j] : mx;
         const float m_new = std::max(sc.m[r], mx);
         if (m_new == kNegInf) {  // every key so far is masked for this row
           std::fill(row, row + kt, 0.0f);

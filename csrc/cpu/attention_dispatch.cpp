@@ -8,6 +8,8 @@
 extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                        const int*, const float*, const int*, const float*, float*, const int*)
     __attribute__((weak));
+// MKL's per-thread override (an OpenMP BLAS called inside a parallel region may otherwise start threads of its own).
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));  // mkl_service.h maps the C name here
 
 namespace lmx::cpu {
 
@@ -40,6 +42,12 @@ sgemm_fn blas_sgemm() {
     return static_cast<sgemm_fn>(&sgemm_);
   }();
   return fn;
+}
+
+int blas_single_thread() { return &MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0; }
+
+void blas_restore_threads(int previous) {
+  if (&MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
 }
 
 const char* attention_isa() { return use_avx2() ? "avx2" : "baseline"; }

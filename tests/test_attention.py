@@ -1,0 +1,127 @@
+"""lmx.ops.paged_attention against a float64 softmax(QKᵀ)V.
+
+Tolerance (FlashAttention's rule): the kernel's error against float64 is at most twice the error of the same
+computation done by PyTorch in the kernel's dtype, plus 1e-5. Unused cache slots hold NaN, so a kernel that reads
+anything it should not fails.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmx import ops, reference
+
+from .helpers import make_paged_batch
+
+DTYPES = [torch.float32, torch.bfloat16]
+HEAD_DIMS = [64, 80, 96, 128, 256]
+GQA_RATIOS = [1, 4, 8]
+BLOCK_SIZES = [1, 16, 256]
+
+
+def _check(query, k_cache, v_cache, block_tables, seq_lens, cu, **kwargs):
+    scale = query.shape[-1] ** -0.5
+    out = ops.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
+    assert out.dtype == query.dtype and out.shape == query.shape
+    exact = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
+    same_dtype = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale,
+                                           compute_dtype=torch.float32 if query.dtype == torch.float32 else query.dtype,
+                                           **kwargs)
+    err = (out.double() - exact).abs().max().item()
+    pt_err = (same_dtype.double() - exact).abs().max().item()
+    # bf16 output must be rounded to bf16 at least once: allow its half-ulp at |out| <= 4.
+    floor = 1e-5 if query.dtype == torch.float32 else 2 ** -7
+    assert err <= 2 * pt_err + floor, f"error {err:.3g} vs PyTorch same-dtype error {pt_err:.3g}"
+    assert torch.isfinite(out).all()
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("gqa", GQA_RATIOS)
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_mixed_batch(dtype, head_dim, gqa, block_size):
+    """One call with a decode, a prefill and a chunked-prefill sequence; lengths cross block boundaries."""
+    seq_lens = [block_size + 1, 3 * block_size - 1 if block_size > 1 else 37, 300]
+    query_lens = [1, seq_lens[1], 45]  # decode, whole prefill, a chunk at the end of a 300-token sequence
+    batch = make_paged_batch(seq_lens, query_lens, 2 * gqa, 2, head_dim, block_size, dtype)
+    _check(*batch)
+
+
+@pytest.mark.parametrize("gqa", GQA_RATIOS)
+@pytest.mark.parametrize("window", [1, 16, 100])
+def test_sliding_window(gqa, window):
+    _check(*make_paged_batch([130, 90], [1, 90], 2 * gqa, 2, 64, 16, torch.float32), sliding_window=window)
+
+
+@pytest.mark.parametrize("gqa", GQA_RATIOS)
+def test_alibi(gqa):
+    slopes = torch.tensor([2 ** (-8 * (h + 1) / (2 * gqa)) for h in range(2 * gqa)], dtype=torch.float32)
+    _check(*make_paged_batch([70, 33], [70, 4], 2 * gqa, 2, 64, 16, torch.float32), alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_decode_uses_splits(dtype):
+    """One sequence of 5,000 tokens, decode: few work items, so the key range is split and merged in fp32."""
+    _check(*make_paged_batch([5000], [1], 8, 1, 128, 16, dtype))
+
+
+def test_decode_batch_of_many_lengths():
+    seq_lens = [1, 2, 15, 16, 17, 255, 256, 257, 1000, 3]
+    _check(*make_paged_batch(seq_lens, [1] * len(seq_lens), 9, 3, 64, 16, torch.float32))
+
+
+def test_chunked_prefill_equals_one_prefill():
+    """A prompt attended in chunks gives what one prefill gives, row for row."""
+    q, kc, vc, bt, _, _ = make_paged_batch([200], [200], 4, 2, 64, 16, torch.float32)
+    scale = 64 ** -0.5
+    whole = ops.paged_attention(q, kc, vc, bt, torch.tensor([200], dtype=torch.int32),
+                                torch.tensor([0, 200], dtype=torch.int32), scale)
+    for start, end in [(0, 64), (64, 65), (65, 200)]:
+        part = ops.paged_attention(q[start:end].contiguous(), kc, vc, bt, torch.tensor([end], dtype=torch.int32),
+                                   torch.tensor([0, end - start], dtype=torch.int32), scale)
+        torch.testing.assert_close(part, whole[start:end], atol=2e-6, rtol=1e-5)
+
+
+def test_sequence_without_queries_is_ignored():
+    q, kc, vc, bt, sl, cu = make_paged_batch([40, 50], [0, 3], 4, 2, 64, 16, torch.float32)
+    _check(q, kc, vc, bt, sl, cu)
+
+
+def test_strided_query_and_out():
+    q, kc, vc, bt, sl, cu = make_paged_batch([33], [33], 4, 2, 64, 16, torch.float32)
+    wide = torch.randn(33, 8, 64)
+    wide[:, :4] = q
+    out = torch.zeros(33, 8, 64)
+    ops.paged_attention(wide[:, :4], kc, vc, bt, sl, cu, 0.125, out=out[:, 2:6])
+    expected = reference.paged_attention(q, kc, vc, bt, sl, cu, 0.125)
+    torch.testing.assert_close(out[:, 2:6].double(), expected, atol=1e-5, rtol=1e-5)
+    assert (out[:, :2] == 0).all() and (out[:, 6:] == 0).all()
+
+
+def test_without_blas_and_on_the_baseline_isa():
+    """The portable loops give the same answer as the BLAS tiles (LMX_NO_BLAS is read once per process)."""
+    code = (
+        "import torch, lmx.ops as ops; from tests.helpers import make_paged_batch; from lmx import reference\n"
+        "assert not ops.build_info()['cpu_blas']\n"
+        "torch.manual_seed(0)\n"
+        "b = make_paged_batch([300, 17], [300, 1], 8, 2, 96, 16, torch.float32)\n"
+        "out = ops.paged_attention(*b, 96 ** -0.5)\n"
+        "ref = reference.paged_attention(*b, 96 ** -0.5)\n"
+        "assert (out.double() - ref).abs().max() < 2e-5, (out.double() - ref).abs().max()\n"
+    )
+    env = dict(os.environ, LMX_NO_BLAS="1")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_works_under_torch_compile():
+    q, kc, vc, bt, sl, cu = make_paged_batch([20], [20], 4, 2, 64, 16, torch.float32)
+
+    def f(q):
+        return ops.paged_attention(q * 1.0, kc, vc, bt, sl, cu, 0.125) + 1.0
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q), f(q))
