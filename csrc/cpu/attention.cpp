@@ -30,8 +30,8 @@
 namespace lmx::cpu::LMX_ISA {
 namespace {
 
-constexpr int64_t kKeyTile = 512;      // keys per tile
-constexpr int64_t kRowsPerTile = 128;  // target query rows (tokens × group) per work item
+constexpr int64_t kKeyTile = 256;      // keys per tile
+constexpr int64_t kRowsPerTile = 256;  // target query rows (tokens × group) per work item
 constexpr int64_t kMinKeysPerSplit = 512;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
