@@ -342,12 +342,8 @@ void paged_attention(const AttentionParams& p, TokenHeadView<scalar_t> out, Toke
   PagedAttention<scalar_t>(p, out, query, k_cache, v_cache).run();
 }
 
-template void paged_attention<float>(const AttentionParams&, TokenHeadView<float>, TokenHeadView<const float>,
-                                     const float*, const float*);
-template void paged_attention<c10::BFloat16>(const AttentionParams&, TokenHeadView<c10::BFloat16>,
-                                             TokenHeadView<const c10::BFloat16>, const c10::BFloat16*,
-                                             const c10::BFloat16*);
-template void paged_attention<c10::Half>(const AttentionParams&, TokenHeadView<c10::Half>,
-                                         TokenHeadView<const c10::Half>, const c10::Half*, const c10::Half*);
+LMX_INSTANTIATE_PAGED_ATTENTION(float)
+LMX_INSTANTIATE_PAGED_ATTENTION(c10::BFloat16)
+LMX_INSTANTIATE_PAGED_ATTENTION(c10::Half)
 
 }  // namespace lmx::cpu::LMX_ISA

@@ -73,6 +73,11 @@ void paged_attention(const AttentionParams& p,
                      const scalar_t* k_cache,   // [num_blocks, block_size, Hkv, D], contiguous
                      const scalar_t* v_cache);
 
+// Explicit instantiations of paged_attention<T> for the activation dtypes, in the current namespace.
+#define LMX_INSTANTIATE_PAGED_ATTENTION(T)                                                                 \
+  template void paged_attention<T>(const AttentionParams&, TokenHeadView<T>, TokenHeadView<const T>, const T*, \
+                                   const T*);
+
 // Name of the instruction set paged_attention uses on this machine ("avx2" or "baseline").
 const char* attention_isa();
 
