@@ -120,7 +120,7 @@ cpu::TokenHeadView<const T> typed_const(const at::Tensor& t) {
 
 RopeParams unpack_rope(const char* op, int64_t rotary_dim, c10::ArrayRef<double> packed) {
   LMX_CHECK(static_cast<int64_t>(packed.size()) == kRopeParamCount, "rope_params: expected ", kRopeParamCount,
-            " values (lmx.rope.RopeConfig.packed()), got ", packed.size());
+            " values (lmx.rope.RopeConfig.packed), got ", packed.size());
   const int code = static_cast<int>(packed[0]);
   LMX_CHECK(code >= 0 && code <= static_cast<int>(RopeScaling::kLlama3) && packed[0] == code,
             "rope_params[0]: expected a scaling type code 0..4, got ", packed[0]);

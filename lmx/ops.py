@@ -72,7 +72,7 @@ def rotary_embedding(
     cos / sin are computed in the kernel from the per-sequence base, never read from a table.
     """
     _ops.rotary_embedding(
-        query, key, positions, rope.rotary_dim, rope.is_neox, rope.packed(), cu_seqlens, rope_seq_lens, precise
+        query, key, positions, rope.rotary_dim, rope.is_neox, rope.packed, cu_seqlens, rope_seq_lens, precise
     )
 
 
@@ -119,7 +119,7 @@ def rotary_embedding_and_cache(
         positions,
         rope.rotary_dim,
         rope.is_neox,
-        rope.packed(),
+        rope.packed,
         cu_seqlens,
         rope_seq_lens,
         precise,

@@ -12,6 +12,7 @@ reference (``lmx.reference``) mirrors it line by line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping
 
@@ -102,8 +103,10 @@ class RopeConfig:
         ratio = self.factor * seq_len / self.max_position_embeddings - (self.factor - 1)
         return self.base * ratio ** (d / (d - 2))
 
+    @functools.cached_property
     def packed(self) -> list[float]:
-        """The flat parameter list of the C++ op, in the order of ``csrc/rope_math.h: RopeParams``."""
+        """The flat parameter list of the C++ op, in the order of ``csrc/rope_math.h: RopeParams`` (computed once:
+        the ops read it on every call)."""
         return [
             float(_SCALING_CODE[self.scaling_type]),
             float(self.base),
