@@ -22,7 +22,7 @@ namespace lmx {
 // Order and codes must match lmx/rope.py: SCALING_TYPES.
 enum class RopeScaling : int { kDefault = 0, kLinear = 1, kDynamic = 2, kYarn = 3, kLlama3 = 4 };
 
-// The flat parameter list lmx.rope.RopeConfig.packed() produces, field by field.
+// The flat parameter list lmx.rope.RopeConfig.packed holds, field by field.
 struct RopeParams {
   RopeScaling scaling;
   double base;                  // rope_theta
