@@ -102,19 +102,27 @@ def test_strided_query_and_out():
     assert (out[:, :2] == 0).all() and (out[:, 6:] == 0).all()
 
 
-def test_without_blas_and_on_the_baseline_isa():
-    """The portable loops give the same answer as the BLAS tiles (LMX_NO_BLAS is read once per process)."""
+@pytest.mark.parametrize("env", [{"LMX_NO_BLAS": "1"}, {"LMX_CPU_ISA": "baseline"},
+                                 {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "baseline"}], ids=str)
+def test_other_code_paths(env):
+    """The portable loops and the baseline-ISA build give the same answers (both switches are read once per
+    process, hence the subprocess)."""
     code = (
         "import torch, lmx.ops as ops; from tests.helpers import make_paged_batch; from lmx import reference\n"
-        "assert not ops.build_info()['cpu_blas']\n"
+        f"env = {env!r}; info = ops.build_info()\n"
+        "assert info['cpu_blas'] == ('LMX_NO_BLAS' not in env), info\n"
+        "assert (info['cpu_attention_isa'] == 'baseline') or ('LMX_CPU_ISA' not in env), info\n"
         "torch.manual_seed(0)\n"
-        "b = make_paged_batch([300, 17], [300, 1], 8, 2, 96, 16, torch.float32)\n"
-        "out = ops.paged_attention(*b, 96 ** -0.5)\n"
-        "ref = reference.paged_attention(*b, 96 ** -0.5)\n"
-        "assert (out.double() - ref).abs().max() < 2e-5, (out.double() - ref).abs().max()\n"
+        "slopes = torch.rand(8)\n"
+        "for dtype in (torch.float32, torch.bfloat16):\n"
+        "    b = make_paged_batch([300, 17, 2000], [300, 1, 1], 8, 2, 96, 16, dtype)\n"
+        "    out = ops.paged_attention(*b, 96 ** -0.5, alibi_slopes=slopes)\n"
+        "    ref = reference.paged_attention(*b, 96 ** -0.5, alibi_slopes=slopes)\n"
+        "    tol = 2e-5 if dtype == torch.float32 else 2e-2\n"
+        "    assert (out.double() - ref).abs().max() < tol, (dtype, (out.double() - ref).abs().max())\n"
     )
-    env = dict(os.environ, LMX_NO_BLAS="1")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, **env),
+                   cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
 def test_works_under_torch_compile():

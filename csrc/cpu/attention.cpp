@@ -23,6 +23,11 @@
 #include "blas.h"
 #include "kernels.h"
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define LMX_DIRECT_KERNELS 1
+#endif
+
 #ifndef LMX_ISA
 #error "LMX_ISA must name the instruction set this file is compiled for"
 #endif
@@ -30,9 +35,17 @@
 namespace lmx::cpu::LMX_ISA {
 namespace {
 
+#if defined(LMX_DIRECT_KERNELS)
+constexpr bool kDirect = true;
+#else
+constexpr bool kDirect = false;
+#endif
+
 constexpr int64_t kKeyTile = 256;      // keys per tile
+constexpr int64_t kDirectKeyTile = 64;  // keys per tile of the direct (decode) kernels
 constexpr int64_t kRowsPerTile = 256;  // target query rows (tokens × group) per work item
 constexpr int64_t kMinKeysPerSplit = 512;
+constexpr int64_t kAllHeadRows = 64;    // direct kernels: a sequence with n * Hq <= this is one item over all heads
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // exp(x) for x <= 0 (the online softmax only needs that range), ~2 ulp, branch-free so loops vectorise.
@@ -74,9 +87,84 @@ inline void to_float(const scalar_t* src, float* dst, int64_t n, float mul) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) * mul;
 }
 
+#if defined(LMX_DIRECT_KERNELS)
+// AVX2 kernels that read K and V rows straight from the cache (no fp32 staging copy). Used for few query rows
+// (decode, short chunks), where the work is memory-bound and a staging copy would double the traffic.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
+}
+inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+// The horizontal sums of eight vectors, as one vector.
+inline __m256 hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
+  const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+// s[r, j] = q[r] · k[j][off[r]:] for keys given by row pointers (off: the row's kv head); D is a multiple of 8.
+template <typename scalar_t>
+void scores_direct(const float* q, const scalar_t* const* k_rows, const int64_t* off, int64_t rows, int64_t kt,
+                   int64_t D, float* s) {
+  const scalar_t* k[kKeyTile];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* qr = q + r * D;
+    float* sr = s + r * kt;
+    for (int64_t j = 0; j < kt; ++j) k[j] = k_rows[j] + off[r];
+    int64_t j = 0;
+    for (; j + 8 <= kt; j += 8) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+      for (int64_t d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(qr + d);
+        a0 = _mm256_fmadd_ps(qv, load8(k[j] + d), a0);
+        a1 = _mm256_fmadd_ps(qv, load8(k[j + 1] + d), a1);
+        a2 = _mm256_fmadd_ps(qv, load8(k[j + 2] + d), a2);
+        a3 = _mm256_fmadd_ps(qv, load8(k[j + 3] + d), a3);
+        a4 = _mm256_fmadd_ps(qv, load8(k[j + 4] + d), a4);
+        a5 = _mm256_fmadd_ps(qv, load8(k[j + 5] + d), a5);
+        a6 = _mm256_fmadd_ps(qv, load8(k[j + 6] + d), a6);
+        a7 = _mm256_fmadd_ps(qv, load8(k[j + 7] + d), a7);
+      }
+      _mm256_storeu_ps(sr + j, hsum8(a0, a1, a2, a3, a4, a5, a6, a7));
+    }
+    for (; j < kt; ++j) {
+      __m256 a = _mm256_setzero_ps();
+      for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), load8(k[j] + d), a);
+      const __m256 z = _mm256_setzero_ps();
+      sr[j] = _mm256_cvtss_f32(hsum8(a, z, z, z, z, z, z, z));
+    }
+  }
+}
+
+// acc[r] += Σ_j p[r, j] v[j][off[r]:] for values given by row pointers; 64 channels (8 registers) at a time.
+template <typename scalar_t>
+void pv_direct(const float* p, const scalar_t* const* v, const int64_t* off, int64_t rows, int64_t kt, int64_t D,
+               float* acc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* pr = p + r * kt;
+    for (int64_t c = 0; c < D; c += 64) {
+      const int64_t n = std::min<int64_t>(64, D - c) / 8;  // vectors in this chunk (D is a multiple of 8)
+      float* ar = acc + r * D + c;
+      __m256 a[8];
+      for (int64_t i = 0; i < n; ++i) a[i] = _mm256_loadu_ps(ar + 8 * i);
+      for (int64_t j = 0; j < kt; ++j) {
+        if (pr[j] == 0.0f) continue;  // masked keys
+        const __m256 pj = _mm256_set1_ps(pr[j]);
+        const scalar_t* vj = v[j] + off[r] + c;
+        for (int64_t i = 0; i < n; ++i) a[i] = _mm256_fmadd_ps(pj, load8(vj + 8 * i), a[i]);
+      }
+      for (int64_t i = 0; i < n; ++i) _mm256_storeu_ps(ar + 8 * i, a[i]);
+    }
+  }
+}
+#endif  // LMX_DIRECT_KERNELS
+
 struct WorkItem {
   int64_t seq;
-  int64_t kv_head;
+  int64_t kv_head;    // first kv head of the item
+  int64_t kv_heads;   // kv heads it covers: 1, or all of them for decode-sized sequences (contiguous K/V reads)
   int64_t q_begin;    // first query of the tile, counted within the sequence
   int64_t q_count;    // queries (tokens) in the tile
   int64_t key_begin;  // key range of this item (a split of the visible range)
@@ -86,8 +174,11 @@ struct WorkItem {
 };
 
 // Per-thread scratch.
+template <typename scalar_t>
 struct Scratch {
   std::vector<float> q, k, v, s, acc, m, l;
+  std::vector<const scalar_t*> k_rows, v_rows;  // direct kernels: cache row [Hkv, D] of each key of the tile
+  std::vector<int64_t> row_offset;               // direct kernels: offset of each row's kv head in a cache row
   void reserve(int64_t rows, int64_t head_dim) {
     q.resize(rows * head_dim);
     acc.resize(rows * head_dim);
@@ -96,6 +187,9 @@ struct Scratch {
     v.resize(kKeyTile * head_dim);
     m.resize(rows);
     l.resize(rows);
+    row_offset.resize(rows);
+    k_rows.resize(kKeyTile);
+    v_rows.resize(kKeyTile);
   }
 };
 
@@ -105,7 +199,9 @@ class PagedAttention {
   PagedAttention(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,
                  const scalar_t* k_cache, const scalar_t* v_cache)
       : p_(p), out_(out), query_(query), k_cache_(k_cache), v_cache_(v_cache), group_(p.num_q_heads / p.num_kv_heads),
-        q_tile_(std::max<int64_t>(1, kRowsPerTile / group_)) {}
+        q_tile_(std::max<int64_t>(1, kRowsPerTile / group_)),
+        block_shift_(__builtin_ctzll(static_cast<unsigned long long>(p.block_size))),  // a power of two (checked)
+        block_mask_(p.block_size - 1) {}
 
   void run() {
     build_work();
@@ -114,8 +210,8 @@ class PagedAttention {
     // One task per thread; each pulls items (heaviest first) from a shared counter, so causal prefill tiles of
     // very different cost still balance.
     at::parallel_for(0, std::max<int64_t>(num_threads, 1), 1, [&](int64_t, int64_t) {
-      Scratch scratch;
-      scratch.reserve(q_tile_ * group_, p_.head_dim);
+      Scratch<scalar_t> scratch;
+      scratch.reserve(std::max(q_tile_ * group_, kAllHeadRows), p_.head_dim);
       const int previous_blas_threads = blas_single_thread();
       for (int64_t i = next.fetch_add(1); i < static_cast<int64_t>(work_.size()); i = next.fetch_add(1))
         process(work_[i], scratch);
@@ -135,12 +231,19 @@ class PagedAttention {
     for (int64_t b = 0; b < p_.num_seqs; ++b) {
       const int64_t n = p_.cu_seqlens_q[b + 1] - p_.cu_seqlens_q[b];
       const int64_t len = p_.seq_lens[b];
-      for (int64_t q0 = 0; q0 < n; q0 += q_tile_) {
-        const int64_t qn = std::min(q_tile_, n - q0);
+      // Few queries: the work is reading K/V, so one item reads each key's [Hkv, D] row whole (direct kernels).
+      const bool all_heads = kDirect && n * p_.num_q_heads <= kAllHeadRows;
+      const int64_t q_tile = all_heads ? n : q_tile_;
+      for (int64_t q0 = 0; q0 < n; q0 += q_tile) {
+        const int64_t qn = std::min(q_tile, n - q0);
         const int64_t first_pos = len - n + q0, last_pos = first_pos + qn - 1;
         const int64_t key_begin = p_.sliding_window > 0 ? std::max<int64_t>(0, first_pos - p_.sliding_window + 1) : 0;
-        for (int64_t h = 0; h < p_.num_kv_heads; ++h)
-          tiles.push_back({b, h, q0, qn, key_begin, last_pos + 1, -1, qn * (last_pos + 1 - key_begin)});
+        const int64_t cost = qn * (last_pos + 1 - key_begin);
+        if (all_heads)
+          tiles.push_back({b, 0, p_.num_kv_heads, q0, qn, key_begin, last_pos + 1, -1, cost * p_.num_kv_heads});
+        else
+          for (int64_t h = 0; h < p_.num_kv_heads; ++h)
+            tiles.push_back({b, h, 1, q0, qn, key_begin, last_pos + 1, -1, cost});
       }
     }
     // Split the key range when the items alone cannot keep every thread busy.
@@ -156,14 +259,14 @@ class PagedAttention {
         continue;
       }
       const int64_t chunk = ((span + n_split - 1) / n_split + kKeyTile - 1) / kKeyTile * kKeyTile;
-      const int64_t rows = tile.q_count * group_;
+      const int64_t rows = tile.q_count * tile.kv_heads * group_;
       int64_t made = 0;
       for (int64_t k0 = tile.key_begin; k0 < tile.key_end; k0 += chunk, ++made) {
         WorkItem part = tile;
         part.key_begin = k0;
         part.key_end = std::min(tile.key_end, k0 + chunk);
         part.partial = partial_rows + made * rows;
-        part.cost = tile.q_count * (part.key_end - part.key_begin);
+        part.cost = tile.q_count * tile.kv_heads * (part.key_end - part.key_begin);
         work_.push_back(part);
       }
       WorkItem merged = tile;
@@ -180,34 +283,62 @@ class PagedAttention {
   // Gather keys [j0, j1) of kv head `h` of sequence `b` from the paged cache into a contiguous fp32 tile.
   void gather(const scalar_t* cache, int64_t b, int64_t h, int64_t j0, int64_t j1, float* dst) const {
     const int32_t* table = p_.block_tables + b * p_.max_blocks_per_seq;
-    const int64_t D = p_.head_dim, Hkv = p_.num_kv_heads, bs = p_.block_size;
+    const int64_t D = p_.head_dim, Hkv = p_.num_kv_heads;
     for (int64_t j = j0; j < j1; ++j) {
-      const int64_t slot = static_cast<int64_t>(table[j / bs]) * bs + j % bs;
+      const int64_t slot = (static_cast<int64_t>(table[j >> block_shift_]) << block_shift_) + (j & block_mask_);
       to_float(cache + (slot * Hkv + h) * D, dst + (j - j0) * D, D, 1.0f);
     }
   }
 
-  void process(const WorkItem& w, Scratch& sc) const {
-    const int64_t D = p_.head_dim, G = group_, rows = w.q_count * G;
+  // Cache row of each key [j0, j1) of kv head `h` of sequence `b`.
+  void row_pointers(const scalar_t* cache, int64_t b, int64_t h, int64_t j0, int64_t j1, const scalar_t** dst) const {
+    const int32_t* table = p_.block_tables + b * p_.max_blocks_per_seq;
+    const int64_t D = p_.head_dim, Hkv = p_.num_kv_heads;
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t slot = (static_cast<int64_t>(table[j >> block_shift_]) << block_shift_) + (j & block_mask_);
+      dst[j - j0] = cache + (slot * Hkv + h) * D;
+    }
+  }
+
+  void process(const WorkItem& w, Scratch<scalar_t>& sc) const {
+    const int64_t D = p_.head_dim, G = group_, HQ = w.kv_heads * G, rows = w.q_count * HQ;
     const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
     const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin;  // position of the tile's first query
     const int64_t token0 = p_.cu_seqlens_q[w.seq] + w.q_begin;
-    // Rows r = i * G + g: query token i, query head h * G + g. Queries are pre-scaled by the softmax scale.
+    // Rows r = i * HQ + qh: query token i, query head kv_head * G + qh (kv head kv_head + qh / G).
+    // Queries are pre-scaled by the softmax scale.
     for (int64_t i = 0; i < w.q_count; ++i)
-      for (int64_t g = 0; g < G; ++g)
-        to_float(query_.data + (token0 + i) * query_.token_stride + (w.kv_head * G + g) * query_.head_stride,
-                 sc.q.data() + (i * G + g) * D, D, p_.scale);
+      for (int64_t qh = 0; qh < HQ; ++qh) {
+        to_float(query_.data + (token0 + i) * query_.token_stride + (w.kv_head * G + qh) * query_.head_stride,
+                 sc.q.data() + (i * HQ + qh) * D, D, p_.scale);
+        sc.row_offset[i * HQ + qh] = (qh / G) * D;  // the row's kv head within a cache row [Hkv, D]
+      }
     std::fill(sc.acc.begin(), sc.acc.begin() + rows * D, 0.0f);
     std::fill(sc.m.begin(), sc.m.begin() + rows, kNegInf);
     std::fill(sc.l.begin(), sc.l.begin() + rows, 0.0f);
-    const bool use_blas = blas_sgemm() != nullptr && rows >= 16;
+    // Three ways to the two products: BLAS on staged fp32 tiles (many rows), AVX2 straight from the cache (few
+    // rows), portable loops on staged tiles (otherwise).
+    const bool use_blas = blas_sgemm() != nullptr && rows >= 16 && w.kv_heads == 1;
+    const bool direct = kDirect && !use_blas;
 
-    for (int64_t j0 = w.key_begin; j0 < w.key_end; j0 += kKeyTile) {
-      const int64_t j1 = std::min(w.key_end, j0 + kKeyTile), kt = j1 - j0;
-      gather(k_cache_, w.seq, w.kv_head, j0, j1, sc.k.data());
-      gather(v_cache_, w.seq, w.kv_head, j0, j1, sc.v.data());
+    // Direct tiles are smaller: their K/V rows are re-read once per query head and should stay in L1/L2.
+    const int64_t key_tile = direct ? kDirectKeyTile : kKeyTile;
+    for (int64_t j0 = w.key_begin; j0 < w.key_end; j0 += key_tile) {
+      const int64_t j1 = std::min(w.key_end, j0 + key_tile), kt = j1 - j0;
       float* s = sc.s.data();  // [rows, kt]
-      if (use_blas) {  // column-major view: Sᵀ[kt, rows] = K[kt, D] · Qᵀ[D, rows]
+#if defined(LMX_DIRECT_KERNELS)
+      if (direct) {
+        row_pointers(k_cache_, w.seq, w.kv_head, j0, j1, sc.k_rows.data());
+        row_pointers(v_cache_, w.seq, w.kv_head, j0, j1, sc.v_rows.data());
+        scores_direct(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, kt, D, s);
+      }
+#endif
+      if (!direct) {
+        gather(k_cache_, w.seq, w.kv_head, j0, j1, sc.k.data());
+        gather(v_cache_, w.seq, w.kv_head, j0, j1, sc.v.data());
+      }
+      if (direct) {
+      } else if (use_blas) {  // column-major view: Sᵀ[kt, rows] = K[kt, D] · Qᵀ[D, rows]
         blas_gemm(true, false, kt, rows, D, 1.0f, sc.k.data(), D, sc.q.data(), D, 0.0f, s, kt);
       } else {
         for (int64_t r = 0; r < rows; ++r)
@@ -221,10 +352,10 @@ class PagedAttention {
         for (int64_t i = 0; i < w.q_count; ++i) {
           const int64_t pos = first_pos + i;
           const int64_t lo = p_.sliding_window > 0 ? pos - p_.sliding_window + 1 : 0;
-          for (int64_t g = 0; g < G; ++g) {
-            float* row = s + (i * G + g) * kt;
+          for (int64_t qh = 0; qh < HQ; ++qh) {
+            float* row = s + (i * HQ + qh) * kt;
             if (p_.alibi_slopes != nullptr) {
-              const float slope = p_.alibi_slopes[w.kv_head * G + g];
+              const float slope = p_.alibi_slopes[w.kv_head * G + qh];
               for (int64_t j = 0; j < kt; ++j) row[j] += slope * static_cast<float>(j0 + j - pos);
             }
             for (int64_t j = 0; j < kt; ++j)
@@ -258,7 +389,11 @@ class PagedAttention {
           for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
         }
       }
-      if (use_blas) {  // column-major view: accᵀ[D, rows] += Vᵀ[D, kt] · Pᵀ[kt, rows]
+      if (direct) {
+#if defined(LMX_DIRECT_KERNELS)
+        pv_direct(s, sc.v_rows.data(), sc.row_offset.data(), rows, kt, D, sc.acc.data());
+#endif
+      } else if (use_blas) {  // column-major view: accᵀ[D, rows] += Vᵀ[D, kt] · Pᵀ[kt, rows]
         blas_gemm(false, false, D, rows, kt, 1.0f, sc.v.data(), D, s, kt, 1.0f, sc.acc.data(), D);
       } else {
         for (int64_t r = 0; r < rows; ++r) {
@@ -282,10 +417,10 @@ class PagedAttention {
       return;
     }
     for (int64_t i = 0; i < w.q_count; ++i)
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t r = i * G + g;
+      for (int64_t qh = 0; qh < HQ; ++qh) {
+        const int64_t r = i * HQ + qh;
         const float inv_l = sc.l[r] > 0.0f ? 1.0f / sc.l[r] : 0.0f;
-        scalar_t* dst = out_.data + (token0 + i) * out_.token_stride + (w.kv_head * G + g) * out_.head_stride;
+        scalar_t* dst = out_.data + (token0 + i) * out_.token_stride + (w.kv_head * G + qh) * out_.head_stride;
         const float* acc = sc.acc.data() + r * D;
         for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<scalar_t>(acc[d] * inv_l);
       }
@@ -298,7 +433,7 @@ class PagedAttention {
       std::vector<float> acc(D);
       for (int64_t k = begin; k < end; ++k) {
         const WorkItem& w = merges_[k].tile;
-        const int64_t rows = w.q_count * G, splits = merges_[k].splits;
+        const int64_t HQ = w.kv_heads * G, rows = w.q_count * HQ, splits = merges_[k].splits;
         const int64_t token0 = p_.cu_seqlens_q[w.seq] + w.q_begin;
         for (int64_t r = 0; r < rows; ++r) {
           float M = kNegInf;
@@ -314,8 +449,8 @@ class PagedAttention {
             for (int64_t d = 0; d < D; ++d) acc[d] += a[d] * wgt;
           }
           const float inv_l = L > 0.0f ? 1.0f / L : 0.0f;
-          const int64_t i = r / G, g = r % G;
-          scalar_t* dst = out_.data + (token0 + i) * out_.token_stride + (w.kv_head * G + g) * out_.head_stride;
+          const int64_t i = r / HQ, qh = r % HQ;
+          scalar_t* dst = out_.data + (token0 + i) * out_.token_stride + (w.kv_head * G + qh) * out_.head_stride;
           for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<scalar_t>(acc[d] * inv_l);
         }
       }
@@ -329,6 +464,8 @@ class PagedAttention {
   const scalar_t* v_cache_;
   const int64_t group_;
   const int64_t q_tile_;
+  const int64_t block_shift_;  // log2(block_size)
+  const int64_t block_mask_;
   std::vector<WorkItem> work_;
   std::vector<Merge> merges_;
   mutable std::vector<float> partial_acc_, partial_m_, partial_l_;

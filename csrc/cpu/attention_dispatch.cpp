@@ -25,9 +25,14 @@ LMX_DECLARE_ISA(avx2)
 #endif
 
 namespace {
+// LMX_CPU_ISA=baseline forces the portable build (tests use it to cover both).
 bool use_avx2() {
 #if defined(LMX_HAVE_AVX2)
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool yes = [] {
+    const char* isa = std::getenv("LMX_CPU_ISA");
+    if (isa != nullptr && std::strcmp(isa, "baseline") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
   return yes;
 #else
   return false;
