@@ -157,7 +157,7 @@ def paged_attention(
     Returns ``out`` ``[T, Hq, D]``. Accumulation is fp32 with an online softmax; memory is O(tile), never O(T²).
     """
     if out is None:
-        out = torch.empty_like(query)
+        out = query.new_empty(query.shape)  # contiguous, whatever the strides of query
     _ops.paged_attention(
         out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, float(scale), alibi_slopes,
         int(sliding_window),

@@ -1,0 +1,149 @@
+"""User-facing configuration of the engine (DESIGN §4), in LMDeploy's names.
+
+Both configs are dataclasses validated in ``__post_init__``: a bad value raises ``ValueError`` / ``TypeError``
+naming the field, what was expected and what came, before any request reaches the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check_int(name: str, value: Any, *, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    """How the engine runs a model.
+
+    Attributes:
+        session_len: the longest sequence (prompt + generated tokens) a request may reach; ``None`` takes the
+            model's ``max_position_embeddings`` (times ``rope_scaling_factor`` when that is > 1).
+        rope_scaling_factor: LMDeploy's shortcut: a factor > 1 turns on dynamic NTK RoPE with that factor.
+        rope_scaling: a ``rope_scaling`` dict that overrides the model's (e.g. ``{"rope_type": "yarn", ...}``).
+        max_batch_size: most sequences in flight at once.
+        block_size: tokens per KV-cache block (a power of two, 1 to 256).
+        cache_max_entry_count: fraction of free memory given to KV blocks when ``num_blocks`` is not set (on the
+            CPU the cache is also capped at what ``max_batch_size`` sequences of ``session_len`` need).
+        num_blocks: exact number of KV-cache blocks; overrides ``cache_max_entry_count``.
+        max_prefill_token_num: most tokens one step prefills (the prefill chunk); longer prompts are chunked.
+        dtype: ``auto`` (the checkpoint's dtype, bf16 for quantised GGUF), ``float32``, ``bfloat16``, ``float16``.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        num_threads: CPU threads for torch (``None`` leaves torch's default).
+    """
+
+    session_len: int | None = None
+    rope_scaling_factor: float = 0.0
+    rope_scaling: Mapping[str, Any] | None = None
+    max_batch_size: int = 64
+    block_size: int = 64
+    cache_max_entry_count: float = 0.8
+    num_blocks: int | None = None
+    max_prefill_token_num: int = 8192
+    dtype: str = "auto"
+    device: str = "auto"
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("session_len", self.session_len, minimum=1, optional=True)
+        factor = _check_number("rope_scaling_factor", self.rope_scaling_factor)
+        if factor < 0:
+            raise ValueError(f"rope_scaling_factor: expected >= 0 (> 1 turns on dynamic NTK), got {factor!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, Mapping):
+            raise TypeError(f"rope_scaling: expected a dict or None, got {type(self.rope_scaling).__name__}")
+        _check_int("max_batch_size", self.max_batch_size, minimum=1)
+        _check_int("block_size", self.block_size, minimum=1)
+        if self.block_size > 256 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size: expected a power of two from 1 to 256, got {self.block_size!r}")
+        entry = _check_number("cache_max_entry_count", self.cache_max_entry_count)
+        if not 0.0 < entry <= 1.0:
+            raise ValueError(f"cache_max_entry_count: expected a fraction in (0, 1], got {entry!r}")
+        _check_int("num_blocks", self.num_blocks, minimum=1, optional=True)
+        _check_int("max_prefill_token_num", self.max_prefill_token_num, minimum=1)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {DTYPES}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
+        _check_int("num_threads", self.num_threads, minimum=1, optional=True)
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    """How one request is decoded.
+
+    Attributes:
+        max_new_tokens: most tokens to generate (> 0); generation also stops at ``session_len``.
+        do_sample: sample (``True``) or take the argmax (``False``). LMDeploy samples whenever ``top_k != 1``; here
+            sampling is on when ``do_sample`` is set or ``temperature``/``top_p``/``top_k`` ask for it.
+        temperature, top_p, top_k: the usual; ``top_k = 0`` means no top-k cut.
+        repetition_penalty: CTRL-style penalty on every token already in the prompt or output (1.0 = off; seed
+            002 recommends 1.02 for long inputs).
+        stop_words: strings that end generation (the stop word is not returned).
+        stop_token_ids: token ids that end generation (besides the model's EOS unless ``ignore_eos``).
+        ignore_eos: keep generating past EOS.
+        random_seed: seed of this request's sampler; the same seed gives the same tokens.
+        logprobs: ``None`` for no logprobs; ``k >= 0`` returns the chosen token's logprob and the top ``k``.
+    """
+
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop_words: Sequence[str] | None = None
+    stop_token_ids: Sequence[int] | None = None
+    ignore_eos: bool = False
+    random_seed: int | None = None
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
+        if not isinstance(self.do_sample, bool):
+            raise TypeError(f"do_sample: expected a bool, got {type(self.do_sample).__name__} {self.do_sample!r}")
+        if _check_number("temperature", self.temperature) < 0:
+            raise ValueError(f"temperature: expected >= 0, got {self.temperature!r}")
+        if not 0.0 < _check_number("top_p", self.top_p) <= 1.0:
+            raise ValueError(f"top_p: expected a value in (0, 1], got {self.top_p!r}")
+        _check_int("top_k", self.top_k, minimum=0)
+        if _check_number("repetition_penalty", self.repetition_penalty) <= 0:
+            raise ValueError(f"repetition_penalty: expected > 0, got {self.repetition_penalty!r}")
+        if isinstance(self.stop_words, str):
+            self.stop_words = [self.stop_words]
+        if self.stop_words is not None:
+            if not all(isinstance(w, str) and w for w in self.stop_words):
+                raise TypeError(f"stop_words: expected a list of non-empty strings, got {self.stop_words!r}")
+            self.stop_words = list(self.stop_words)
+        if isinstance(self.stop_token_ids, int):
+            self.stop_token_ids = [self.stop_token_ids]
+        if self.stop_token_ids is not None:
+            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
+                raise TypeError(f"stop_token_ids: expected a list of ints >= 0, got {self.stop_token_ids!r}")
+            self.stop_token_ids = list(self.stop_token_ids)
+        if not isinstance(self.ignore_eos, bool):
+            raise TypeError(f"ignore_eos: expected a bool, got {type(self.ignore_eos).__name__}")
+        _check_int("random_seed", self.random_seed, minimum=0, optional=True)
+        _check_int("logprobs", self.logprobs, minimum=0, optional=True)
+
+    @property
+    def sampling(self) -> bool:
+        """Whether this request samples (otherwise greedy)."""
+        if self.temperature == 0 or self.top_k == 1:
+            return False
+        return self.do_sample or self.temperature != 1.0 or self.top_p < 1.0 or self.top_k > 1

@@ -1,0 +1,161 @@
+"""The only place that builds device tensors: the KV cache, each step's metadata, and the model call.
+
+``run(chunks)`` packs the scheduled chunks into one varlen batch, runs the model once, and returns fp32 logits for
+the chunks that end a generation request's known tokens plus the perplexity terms of the perplexity chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from lmx.models import ForwardContext, LlamaForCausalLM
+
+from .sequence import ScheduledChunk, Sequence
+
+# Rows of logits materialised at once when scoring perplexity: [PPL_LOGITS_ROWS, vocab] fp32.
+PPL_LOGITS_ROWS = 512
+
+
+@dataclasses.dataclass
+class StepOutput:
+    sample_logits: torch.Tensor | None  # [N, vocab] fp32, one row per sequence in sample_seqs
+    sample_seqs: list[Sequence]
+    nll: dict[int, tuple[float, int]]  # seq_id -> (sum of token NLLs, tokens scored) for perplexity chunks
+    # seq_id -> per-token (logprob, top-k) of the chunk, for perplexity sequences that asked for prompt_logprobs
+    token_logprobs: dict[int, list[tuple[float, dict[int, float]]]] = dataclasses.field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        *,
+        num_blocks: int,
+        block_size: int,
+        block_tables,  # callable seq_id -> list[int], the block manager's
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.cfg = cfg
+        self.rope = cfg.rope
+        self.block_size = block_size
+        self.block_tables = block_tables
+        self.device = device
+        # One allocation for all layers: [layers, 2 (k, v), num_blocks, block_size, Hkv, D]. torch.empty: pages
+        # are committed by the OS only when a block is first written.
+        self.kv_cache = torch.empty(
+            cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, dtype=dtype, device=device
+        )
+        self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(cfg.num_layers)]
+
+    @staticmethod
+    def cache_bytes_per_block(cfg, block_size: int, dtype: torch.dtype) -> int:
+        elem = torch.empty((), dtype=dtype).element_size()
+        return cfg.num_layers * 2 * block_size * cfg.num_kv_heads * cfg.head_dim * elem
+
+    @torch.inference_mode()
+    def run(self, chunks: list[ScheduledChunk]) -> StepOutput:
+        input_ids, ctx = self.prepare(chunks)
+        hidden = self.model(input_ids, ctx, self.kv_caches)  # [T, hidden]
+        ends = ctx.cu_seqlens_q[1:].tolist()
+        sample_rows = [ends[i] - 1 for i, c in enumerate(chunks) if c.needs_sample]
+        sample_seqs = [c.seq for c in chunks if c.needs_sample]
+        logits = None
+        if sample_rows:
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=hidden.device)])
+        out = StepOutput(logits, sample_seqs, {})
+        for i, chunk in enumerate(chunks):
+            if chunk.seq.perplexity:
+                start = ends[i] - chunk.num_tokens
+                self._score_chunk(hidden[start : ends[i]], chunk, out)
+        return out
+
+    def _score_chunk(self, hidden: torch.Tensor, chunk: ScheduledChunk, out: StepOutput) -> None:
+        """Log-likelihood of each token of the chunk predicting the next one, in fp32, ``PPL_LOGITS_ROWS`` rows of
+        logits at a time; per-token logprobs (and the top k) too when the sequence asked for prompt_logprobs."""
+        seq, start = chunk.seq, chunk.start
+        targets = seq.token_ids[start + 1 : start + chunk.num_tokens + 1]  # the last token has no target
+        top_k = seq.prompt_logprobs
+        per_token: list[tuple[float, dict[int, float]]] = []
+        total = 0.0
+        for lo in range(0, len(targets), PPL_LOGITS_ROWS):
+            hi = min(lo + PPL_LOGITS_ROWS, len(targets))
+            logprobs = torch.log_softmax(self.model.compute_logits(hidden[lo:hi]).float(), dim=-1)
+            target = torch.tensor(targets[lo:hi], dtype=torch.long, device=logprobs.device)
+            chosen = logprobs.gather(1, target[:, None])[:, 0]
+            total -= float(chosen.double().sum())
+            if top_k is None:
+                continue
+            tops = [{}] * (hi - lo)
+            if top_k > 0:
+                values, ids = logprobs.topk(top_k, dim=-1)
+                tops = [dict(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+            per_token.extend(zip(chosen.tolist(), tops))
+        out.nll[seq.seq_id] = (total, len(targets))
+        if top_k is not None:
+            out.token_logprobs[seq.seq_id] = per_token
+
+    def prepare(self, chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, ForwardContext]:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        rope_cu, rope_lens = [0], []
+        seq_lens, cu_q = [], [0]
+        tables = []
+        bs = self.block_size
+        for chunk in chunks:
+            seq, start, n = chunk.seq, chunk.start, chunk.num_tokens
+            end = start + n
+            table = self.block_tables(seq.seq_id)
+            tables.append(table)
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            if n == 1:
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            for seg_len, seg_rope_len in self._rope_segments(seq, start, end):
+                rope_cu.append(rope_cu[-1] + seg_len)
+                rope_lens.append(seg_rope_len)
+            seq_lens.append(end)
+            cu_q.append(cu_q[-1] + n)
+        max_blocks = max(len(t) for t in tables)
+        padded = [t + [0] * (max_blocks - len(t)) for t in tables]
+        dev = self.device
+        ctx = ForwardContext(
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            rope_cu_seqlens=torch.tensor(rope_cu, dtype=torch.int32, device=dev),
+            rope_seq_lens=torch.tensor(rope_lens, dtype=torch.int64, device=dev),
+            block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            cu_seqlens_q=torch.tensor(cu_q, dtype=torch.int32, device=dev),
+        )
+        return torch.tensor(input_ids, dtype=torch.int64, device=dev), ctx
+
+    def _rope_segments(self, seq: Sequence, start: int, end: int) -> list[tuple[int, int]]:
+        """``(num_tokens, rope_seq_len)`` runs covering positions ``start..end-1`` of ``seq`` (DESIGN §3, hf mode).
+
+        Prompt tokens use the prompt length; a generated token at position ``p`` uses ``p + 1``, also when a
+        preempted sequence recomputes it. Runs that share a base are merged: with no dynamic scaling, or below
+        ``max_position_embeddings``, every length gives the unscaled base.
+        """
+        prompt_len = seq.num_prompt_tokens
+        if end <= prompt_len:
+            return [(end - start, prompt_len)]
+        if end - start == 1:
+            return [(1, end)]  # a decode step: position end - 1
+        limit = self.rope.max_position_embeddings if self.rope.scaling_type == "dynamic" else None
+        segments: list[list[int]] = []  # [num_tokens, rope_seq_len, merge key]
+        for p in range(start, end):
+            rope_len = prompt_len if p < prompt_len else p + 1
+            key = 0 if limit is None or rope_len <= limit else rope_len
+            if segments and segments[-1][2] == key:
+                segments[-1][0] += 1
+            else:
+                segments.append([1, rope_len, key])
+        return [(n, rope_len) for n, rope_len, _ in segments]

@@ -1,0 +1,183 @@
+"""``lmx.pipeline``: LMDeploy's user-facing API over ``LLMEngine`` (text in, text out, streaming, perplexity).
+
+    pipe = pipeline("smollm2-135m", engine_config=EngineConfig(rope_scaling_factor=2.0, session_len=16384))
+    pipe("prompt", gen_config=GenerationConfig(max_new_tokens=64)).text
+    for r in pipe.stream_infer(["a", "b"]): print(r.index, r.text, end="")
+    pipe.get_ppl(input_ids)   # [mean cross-entropy per input]; perplexity = exp of it
+
+A prompt is a string, a chat (a list of ``{"role", "content"}`` messages, which always goes through the chat
+template), or a list of token ids. ``do_preprocess=True`` puts string prompts through the chat template too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterator, Sequence as Seq
+
+from .config import EngineConfig, GenerationConfig
+from .llm_engine import LLMEngine
+from .sequence import Sequence
+
+
+@dataclasses.dataclass
+class Response:
+    """One request's result (or, from ``stream_infer``, its newest piece: ``text`` and ``token_ids`` are deltas)."""
+
+    text: str
+    generate_token_len: int
+    input_token_len: int
+    finish_reason: str | None = None  # "stop", "length", "abort", "error", or None while running
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[tuple[float, dict[int, float]]] | None = None
+    index: int = 0
+
+
+class Pipeline:
+    def __init__(self, model: str | os.PathLike, engine_config: EngineConfig | None = None) -> None:
+        self.engine = LLMEngine(model, engine_config)
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def session_len(self) -> int:
+        return self.engine.session_len
+
+    # -- prompts -------------------------------------------------------------------------------------------------
+
+    def encode(self, prompt: Any, do_preprocess: bool = False) -> list[int]:
+        """Token ids of one prompt (see the module docstring for the accepted forms)."""
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return list(prompt)
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            raise ValueError(f"prompt: this model has no tokenizer, so expected token ids, got {type(prompt).__name__}")
+        if isinstance(prompt, str) and not do_preprocess:
+            return tokenizer.encode(prompt)
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if not (isinstance(messages, (list, tuple)) and all(isinstance(m, dict) for m in messages)):
+            raise TypeError(
+                "prompt: expected a string, a list of token ids or a list of {'role', 'content'} messages, "
+                f"got {type(prompt).__name__}"
+            )
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("prompt: chat messages need a chat template, and this model's tokenizer has none")
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def _batch(self, prompts: Any, gen_config: Any, do_preprocess: bool) -> tuple[bool, list[list[int]], list]:
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, (list, tuple))
+            and (all(isinstance(p, int) for p in prompts) or all(isinstance(p, dict) for p in prompts))
+        )
+        items = [prompts] if single else list(prompts)
+        if not items:
+            raise ValueError("prompts: expected at least one prompt, got an empty list")
+        gens = list(gen_config) if isinstance(gen_config, (list, tuple)) else [gen_config] * len(items)
+        if len(gens) != len(items):
+            raise ValueError(f"gen_config: expected one per prompt ({len(items)}), got {len(gens)}")
+        ids = [self.encode(p, do_preprocess) for p in items]
+        return single, ids, gens
+
+    # -- generation ----------------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompts: Any,
+        gen_config: GenerationConfig | Seq[GenerationConfig] | None = None,
+        do_preprocess: bool = False,
+    ) -> Response | list[Response]:
+        """Generate for one prompt (returns a ``Response``) or a batch (returns a list, in order)."""
+        single, ids, gens = self._batch(prompts, gen_config, do_preprocess)
+        seqs = self.engine.add_requests(ids, gens)
+        for _ in self.engine.run_until_done(seqs):
+            pass
+        responses = [self._response(seq, i, seq.output_ids, len(seq.output_ids)) for i, seq in enumerate(seqs)]
+        return responses[0] if single else responses
+
+    def stream_infer(
+        self,
+        prompts: Any,
+        gen_config: GenerationConfig | Seq[GenerationConfig] | None = None,
+        do_preprocess: bool = False,
+    ) -> Iterator[Response]:
+        """Yield ``Response`` deltas (new text and token ids, ``index`` = the prompt's position) as tokens arrive."""
+        _, ids, gens = self._batch(prompts, gen_config, do_preprocess)
+        seqs = self.engine.add_requests(ids, gens)
+        index = {seq.seq_id: i for i, seq in enumerate(seqs)}
+        sent_tokens = {seq.seq_id: 0 for seq in seqs}
+        sent_text = {seq.seq_id: "" for seq in seqs}
+        try:
+            for updated in self.engine.run_until_done(seqs):
+                for seq in updated:
+                    if seq.seq_id not in index:
+                        continue
+                    full = self._text(seq)
+                    # Hold back text ending in an incomplete UTF-8 character until the next token completes it.
+                    if not seq.is_finished and full.endswith("\ufffd"):
+                        continue
+                    start = sent_tokens[seq.seq_id]
+                    delta = full[len(sent_text[seq.seq_id]) :]
+                    sent_tokens[seq.seq_id], sent_text[seq.seq_id] = len(seq.output_ids), full
+                    yield dataclasses.replace(
+                        self._response(seq, index[seq.seq_id], seq.output_ids[start:], len(seq.output_ids)),
+                        text=delta,
+                    )
+        finally:
+            for seq in seqs:  # a consumer that stops early must not leave requests behind
+                if not seq.is_finished:
+                    self.engine.abort(seq)
+
+    def _text(self, seq: Sequence) -> str:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            return ""
+        text = tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+        cut = self.engine.find_stop_word(seq)
+        return text if cut is None else text[:cut]
+
+    def _response(self, seq: Sequence, index: int, token_ids: list[int], generated: int) -> Response:
+        params = seq.params
+        return Response(
+            text=self._text(seq),
+            generate_token_len=generated,
+            input_token_len=seq.num_prompt_tokens,
+            finish_reason=seq.finish_reason,
+            token_ids=list(token_ids),
+            logprobs=list(seq.logprobs[generated - len(token_ids) :]) if params.logprobs is not None else None,
+            index=index,
+        )
+
+    # -- perplexity ----------------------------------------------------------------------------------------------
+
+    def get_ppl(self, input_ids: Seq[int] | Seq[Seq[int]]) -> list[float]:
+        """Mean cross-entropy (natural log) of each input, as LMDeploy's ``get_ppl``; perplexity is its ``exp``.
+
+        ``input_ids`` is one list of token ids or a list of them; the result is always a list.
+        """
+        if isinstance(input_ids, (list, tuple)) and input_ids and all(isinstance(t, int) for t in input_ids):
+            inputs = [list(input_ids)]
+        elif isinstance(input_ids, (list, tuple)) and input_ids:
+            inputs = list(input_ids)
+        else:
+            raise TypeError(f"input_ids: expected a list of token ids or a list of such lists, got {input_ids!r:.80}")
+        return self.engine.get_ppl(inputs)
+
+
+def pipeline(model: str | os.PathLike, engine_config: EngineConfig | None = None, **kwargs: Any) -> Pipeline:
+    """A ready ``Pipeline`` for ``model``: a Hugging Face directory, a ``.gguf`` file, or ``"smollm2-135m"``.
+
+    Keyword arguments other than ``engine_config`` (LMDeploy's ``backend_config`` is accepted as an alias) are
+    ``EngineConfig`` fields, e.g. ``pipeline(path, session_len=16384)``.
+    """
+    if "backend_config" in kwargs:
+        if engine_config is not None:
+            raise TypeError("pipeline: pass engine_config or backend_config, not both")
+        engine_config = kwargs.pop("backend_config")
+    if kwargs:
+        if engine_config is not None:
+            raise TypeError(f"pipeline: pass EngineConfig fields inside engine_config, got extra {sorted(kwargs)}")
+        engine_config = EngineConfig(**kwargs)
+    return Pipeline(model, engine_config)

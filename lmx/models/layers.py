@@ -1,0 +1,159 @@
+"""Pieces every decoder model shares: the model config, the per-step attention metadata and the attention call.
+
+Models compute in the weights' dtype and call ``lmx.ops`` for RoPE, the KV-cache write and paged attention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from lmx import ops
+from lmx.rope import RopeConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What a decoder needs from ``config.json`` (or GGUF metadata), validated once."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    sliding_window: int
+    rope: RopeConfig
+
+    @classmethod
+    def from_dict(
+        cls,
+        config: Mapping[str, Any],
+        architecture: str,
+        *,
+        rope_scaling_factor: float | None = None,
+        rope_scaling: Mapping[str, Any] | None = None,
+        attention_bias: bool | None = None,
+    ) -> "ModelConfig":
+        def need(key: str) -> Any:
+            if config.get(key) is None:
+                raise ValueError(f"config: {architecture} needs the field {key!r}, which is missing")
+            return config[key]
+
+        hidden_size, num_heads = int(need("hidden_size")), int(need("num_attention_heads"))
+        need("max_position_embeddings")
+        if hidden_size % num_heads and not config.get("head_dim"):
+            raise ValueError(f"config: hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}")
+        num_kv_heads = int(config.get("num_key_value_heads") or num_heads)
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"config: num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads "
+                f"({num_kv_heads})"
+            )
+        act = config.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"config: hidden_act: lmx supports 'silu', got {act!r}")
+        window = config.get("sliding_window")
+        use_window = config.get("use_sliding_window", True) and window  # Qwen2 ships a window it does not use
+        return cls(
+            architecture=architecture,
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden_size,
+            intermediate_size=int(need("intermediate_size")),
+            num_layers=int(need("num_hidden_layers")),
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=int(config.get("head_dim") or hidden_size // num_heads),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(config["max_position_embeddings"]),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            attention_bias=bool(config.get("attention_bias", False) if attention_bias is None else attention_bias),
+            sliding_window=int(window) if use_window else -1,
+            rope=RopeConfig.from_hf_config(config, rope_scaling_factor=rope_scaling_factor, rope_scaling=rope_scaling),
+        )
+
+
+@dataclasses.dataclass
+class ForwardContext:
+    """Metadata of one engine step, shared by every layer (built once per step by the model runner).
+
+    The T tokens of the step are packed; B sequences. RoPE has its own packing into S segments, each with one
+    dynamic-NTK length: a sequence is usually one segment, but a recomputed sequence's generated tokens each keep
+    the length they were decoded with (DESIGN §3, ``hf`` mode).
+    """
+
+    positions: torch.Tensor  # [T] int64
+    slot_mapping: torch.Tensor  # [T] int64, cache slot of each token
+    rope_cu_seqlens: torch.Tensor  # [S + 1] int32, RoPE segments
+    rope_seq_lens: torch.Tensor  # [S] int64, the length that sets each segment's dynamic base
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    seq_lens: torch.Tensor  # [B] int32, tokens in the cache per sequence, this step's included
+    cu_seqlens_q: torch.Tensor  # [B + 1] int32, this step's tokens of each sequence
+
+
+# CPUs without native bf16 matmul (AVX2, AVX-512 without BF16) run a bf16 GEMM several times slower than an fp32
+# one. From this many rows on (prefill), the bf16 weight is widened to fp32 for the product: the same fp32
+# accumulation and one rounding to bf16, about 3x faster. Decode keeps the bf16 GEMV (it is bandwidth-bound).
+_WIDEN_BF16_MIN_ROWS = 128
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+_WIDEN_BF16 = not _cpu_has_native_bf16()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if (
+        _WIDEN_BF16
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and x.shape[0] >= _WIDEN_BF16_MIN_ROWS
+    ):
+        b = None if bias is None else bias.float()
+        return F.linear(x.float(), weight.float(), b).to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # As transformers' LlamaRMSNorm: normalise in fp32, round to the input dtype, then scale by the weight.
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def paged_self_attention(
+    qkv: torch.Tensor,  # [T, (Hq + 2 Hkv) * D], the fused projection
+    cfg: ModelConfig,
+    ctx: ForwardContext,
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,
+) -> torch.Tensor:  # [T, Hq * D]
+    T, D = qkv.shape[0], cfg.head_dim
+    q, k, v = qkv.split([cfg.num_heads * D, cfg.num_kv_heads * D, cfg.num_kv_heads * D], dim=-1)
+    # Views into qkv, no copies: the kernels take any token and head strides (the last dim is contiguous).
+    q = q.view(T, cfg.num_heads, D)
+    k = k.view(T, cfg.num_kv_heads, D)
+    v = v.view(T, cfg.num_kv_heads, D)
+    ops.rotary_embedding_and_cache(
+        q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.positions, cfg.rope,
+        cu_seqlens=ctx.rope_cu_seqlens, rope_seq_lens=ctx.rope_seq_lens,
+    )  # fmt: skip
+    out = ops.paged_attention(
+        q, k_cache, v_cache, ctx.block_tables, ctx.seq_lens, ctx.cu_seqlens_q, D**-0.5,
+        sliding_window=cfg.sliding_window,
+    )  # fmt: skip
+    return out.view(T, cfg.num_heads * D)
+
