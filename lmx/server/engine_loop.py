@@ -1,0 +1,252 @@
+"""The bridge between asyncio request handlers and the engine: one thread steps the engine, handlers await.
+
+``LLMEngine`` is not thread-safe, so exactly one thread (``lmx-engine``) touches it. Handlers submit commands
+(add a request, abort one) through a queue; the thread runs them between steps, steps the engine while anything
+is unfinished, and hands each request's news back to its event loop with ``call_soon_threadsafe``. Concurrent
+HTTP requests therefore share the engine's continuous batch instead of waiting for each other.
+
+A request whose consumer goes away (a client that disconnects, a cancelled task) is aborted, which frees its
+KV-cache blocks. A step that fails ends only the requests of that step (the engine's contract); the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import threading
+from typing import Any, AsyncIterator, Callable
+
+from .scoring import PromptScorer, TokenLogprob
+
+
+@dataclasses.dataclass
+class Delta:
+    """New output of one generation request since the previous ``Delta``."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None  # "stop", "length", or None while running
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class EngineError(RuntimeError):
+    """The engine failed while running this request (the message says why); other requests are unaffected."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    kind: str  # "generate", "score" (per-token logprobs) or "ppl" (mean cross-entropy)
+    sink: Callable[[Any], None]  # called on the engine thread with a Delta, a result or an exception
+    seq: Any = None
+    cancelled: bool = False
+    sent_tokens: int = 0
+    sent_text: str = ""
+
+
+class AsyncEngine:
+    """Owns a ``Pipeline`` and the thread that steps its engine; ``start()`` before use, ``shutdown()`` after."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.engine = pipe.engine
+        self.tokenizer = pipe.tokenizer
+        self.scorer = PromptScorer(self.engine)
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._requests: dict[int, _Request] = {}  # seq_id -> request, engine thread only
+        self._thread = threading.Thread(target=self._run, name="lmx-engine", daemon=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def num_unfinished(self) -> int:
+        """Requests in the engine (waiting or running); read from any thread, for health checks and tests."""
+        scheduler = self.engine.scheduler
+        return len(scheduler.waiting) + len(scheduler.running)
+
+    # -- the asyncio side ----------------------------------------------------------------------------------------
+
+    async def generate(self, prompt_ids: list[int], gen_config) -> AsyncIterator[Delta]:
+        """Yield ``Delta``s until the request finishes; closing the iterator early aborts the request."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        request = _Request("generate", lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        self._submit(lambda: self._add(request, lambda: self.engine.add_request(prompt_ids, gen_config)))
+        finished = False
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    finished = True
+                    raise event
+                finished = event.finish_reason is not None
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._submit(lambda: self._abort(request))
+
+    async def score(self, input_ids: list[int], top_k: int = 0) -> list[TokenLogprob]:
+        """Logprob (and top ``top_k``) of tokens 1..n-1 of ``input_ids`` given the tokens before each."""
+        return await self._one_shot("score", lambda: self.scorer.add(input_ids, top_k))
+
+    async def ppl(self, input_ids: list[int]) -> float:
+        """Mean cross-entropy of ``input_ids`` (LMDeploy's ``get_ppl``)."""
+        return await self._one_shot("ppl", lambda: self.engine.add_perplexity_request(input_ids))
+
+    async def _one_shot(self, kind: str, add: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def sink(result: Any) -> None:
+            def deliver() -> None:
+                if future.done():
+                    return
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+            loop.call_soon_threadsafe(deliver)
+
+        request = _Request(kind, sink)
+        self._submit(lambda: self._add(request, add))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._submit(lambda: self._abort(request))
+            raise
+
+    def _submit(self, command: Callable[[], None]) -> None:
+        if self._stopping:
+            raise EngineError("the engine is shutting down")
+        self._commands.put(command)
+        self._wake.set()
+
+    # -- the engine thread ---------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._drain_commands()
+            if not self.engine.scheduler.has_unfinished():
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                updated = self.engine.step()
+            except Exception as e:  # the engine ended the step's requests with finish_reason "error"
+                self._fail_finished(EngineError(f"engine step failed: {type(e).__name__}: {e}"))
+                continue
+            self._publish(updated)
+        for request in list(self._requests.values()):
+            self._abort(request)
+            request.sink(EngineError("the server is shutting down"))
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+    def _add(self, request: _Request, add: Callable[[], Any]) -> None:
+        if request.cancelled:
+            return
+        try:
+            request.seq = add()
+        except Exception as e:  # validation errors: nothing was queued
+            request.sink(e)
+            return
+        self._requests[request.seq.seq_id] = request
+
+    def _abort(self, request: _Request) -> None:
+        request.cancelled = True
+        seq = request.seq
+        if seq is None:
+            return
+        self._requests.pop(seq.seq_id, None)
+        if request.kind == "score":
+            self.scorer.forget(seq)
+        if not seq.is_finished:
+            self.engine.abort(seq)
+
+    def _fail_finished(self, error: Exception) -> None:
+        for seq_id, request in list(self._requests.items()):
+            if request.seq.is_finished:
+                del self._requests[seq_id]
+                if request.kind == "score":
+                    self.scorer.forget(request.seq)
+                request.sink(error)
+
+    def _publish(self, updated: list) -> None:
+        for seq in updated:
+            request = self._requests.get(seq.seq_id)
+            if request is None:
+                continue
+            try:
+                self._publish_one(request, seq)
+            except Exception as e:  # a bug in one request's bookkeeping must not stop the engine thread
+                self._abort(request)
+                request.sink(EngineError(f"request failed: {type(e).__name__}: {e}"))
+
+    def _publish_one(self, request: _Request, seq) -> None:
+        if request.kind == "generate":
+            delta = self._delta(request, seq)
+            if delta is not None:
+                request.sink(delta)
+        elif seq.is_finished:
+            result = self.scorer.result(seq) if request.kind == "score" else seq.nll_sum / seq.nll_count
+            request.sink(result)
+        if seq.is_finished:
+            self._requests.pop(seq.seq_id, None)
+
+    def _delta(self, request: _Request, seq) -> Delta | None:
+        full = self._text(seq)
+        if not seq.is_finished:
+            # Hold back an incomplete UTF-8 character and any tail that may be the start of a stop word.
+            if full.endswith("\ufffd"):
+                return None
+            full = full[: len(full) - _stop_prefix_len(full, seq.params.stop_words)]
+        start, end = request.sent_tokens, seq.num_output_tokens
+        text = full[len(request.sent_text) :] if full.startswith(request.sent_text) else full
+        if not text and end == start and not seq.is_finished:
+            return None
+        request.sent_tokens, request.sent_text = end, full
+        logprobs = list(seq.logprobs[start:end]) if seq.params.logprobs is not None else None
+        return Delta(
+            text=text, token_ids=seq.output_ids[start:end], logprobs=logprobs,
+            finish_reason=seq.finish_reason if seq.is_finished else None,
+            prompt_tokens=seq.num_prompt_tokens, completion_tokens=seq.num_output_tokens,
+        )  # fmt: skip
+
+    def _text(self, seq) -> str:
+        if self.tokenizer is None:
+            return ""
+        text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+        cut = self.engine.find_stop_word(seq)
+        return text if cut is None else text[:cut]
+
+
+def _stop_prefix_len(text: str, stop_words) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of a stop word (0 without stop words)."""
+    longest = 0
+    for word in stop_words or ():
+        for k in range(min(len(word) - 1, len(text)), longest, -1):
+            if text.endswith(word[:k]):
+                longest = k
+                break
+    return longest
