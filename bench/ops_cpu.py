@@ -80,7 +80,7 @@ def bench_attention(case: Case, rounds: int) -> dict:
     seq_lens = torch.tensor([L], dtype=torch.int32)
     cu = torch.tensor([0, nq], dtype=torch.int32)
     out = torch.empty_like(q)
-    qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    qs, ks, vs = (x.transpose(0, 1).unsqueeze(0).contiguous() for x in (q, k, v))  # SDPA: contiguous [1, H, L, D]
     scale = d**-0.5
 
     def run_lmx():

@@ -358,8 +358,10 @@ class PagedAttention {
               const float slope = p_.alibi_slopes[w.kv_head * G + qh];
               for (int64_t j = 0; j < kt; ++j) row[j] += slope * static_cast<float>(j0 + j - pos);
             }
-            for (int64_t j = 0; j < kt; ++j)
-              if (j0 + j > pos || j0 + j < lo) row[j] = kNegInf;
+            // Visible keys of this row within the tile: [lo, pos] ∩ [j0, j1); two fills, no per-key branch.
+            const int64_t first = std::clamp<int64_t>(lo - j0, 0, kt), end = std::clamp<int64_t>(pos + 1 - j0, first, kt);
+            std::fill(row, row + first, kNegInf);
+            std::fill(row + end, row + kt, kNegInf);
           }
         }
       }
