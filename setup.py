@@ -57,8 +57,20 @@ def torch_requirement() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}"]
 
 
+# What `import lmx` and the engine, evaluations and CLI need (the server and lm-eval are extras in pyproject.toml).
+RUNTIME = [
+    "numpy",
+    "transformers>=4.46",  # tokenizers and chat templates (local files only)
+    "safetensors>=0.4",
+    "gguf>=0.17",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
+    "Levenshtein>=0.25",  # the repetition task's ratio
+    "rapidfuzz>=3",
+]
+
 setup(
     ext_modules=[CMakeExtension("lmx._C")],
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=torch_requirement() + ["numpy"],
+    install_requires=torch_requirement() + RUNTIME,
 )

@@ -106,7 +106,8 @@ class ForwardContext:
 _WIDEN_BF16_MIN_ROWS = 128
 
 
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); Linux /proc/cpuinfo, else False."""
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
@@ -114,7 +115,7 @@ def _cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-_WIDEN_BF16 = not _cpu_has_native_bf16()
+_WIDEN_BF16 = not cpu_has_native_bf16()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

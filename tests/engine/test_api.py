@@ -23,3 +23,18 @@ def test_models_call_the_kernels_not_the_reference():
     from lmx.models import layers
 
     assert layers.ops is lmx.ops
+
+
+def test_auto_dtype_on_a_cpu_without_bf16_units_is_float32():
+    """A bf16 GEMM without bf16 hardware is ~50x slower than fp32, so `auto` must not pick it there."""
+    import torch
+
+    from lmx.engine.llm_engine import _resolve_dtype
+    from lmx.models.layers import cpu_has_native_bf16
+
+    cpu = torch.device("cpu")
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert _resolve_dtype("auto", torch.bfloat16, cpu) == expected
+    assert _resolve_dtype("auto", None, cpu) == expected  # a quantised GGUF
+    assert _resolve_dtype("bfloat16", torch.float32, cpu) == torch.bfloat16  # an explicit choice stays
+    assert _resolve_dtype("auto", torch.float32, cpu) == torch.float32
