@@ -11,21 +11,13 @@ import os
 import sys
 from typing import Sequence
 
+from lmx.evals.options import positive_int
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _port(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
     return value
@@ -36,19 +28,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help=f"a Hugging Face directory, a .gguf file or '{DEFAULT_MODEL}' (the embedded SmolLM2, "
                         "default)")  # fmt: skip
     parser.add_argument("--model-name", default=None, help="the name clients send as 'model' (default: MODEL's name)")
-    parser.add_argument("--session-len", type=_positive_int, default=None,
+    parser.add_argument("--session-len", type=positive_int, default=None,
                         help="longest prompt + answer in tokens (default: the model's trained length, times the "
                         "dynamic factor)")  # fmt: skip
     parser.add_argument("--rope-scaling-factor", type=float, default=0.0,
                         help="F > 1 turns on dynamic NTK RoPE with factor F (LMDeploy's option)")
-    parser.add_argument("--max-batch-size", type=_positive_int, default=64, help="sequences in flight at once")
-    parser.add_argument("--num-blocks", type=_positive_int, default=None, help="KV-cache blocks (default: by memory)")
-    parser.add_argument("--block-size", type=_positive_int, default=64, help="tokens per KV-cache block")
+    parser.add_argument("--max-batch-size", type=positive_int, default=64, help="sequences in flight at once")
+    parser.add_argument("--num-blocks", type=positive_int, default=None, help="KV-cache blocks (default: by memory)")
+    parser.add_argument("--block-size", type=positive_int, default=64, help="tokens per KV-cache block")
     parser.add_argument("--cache-max-entry-count", type=float, default=0.8,
                         help="fraction of free memory for the KV cache (LMDeploy's option)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", "--server-port", type=_port, default=23333, help="port (default 23333)")
     parser.add_argument("--api-key", default=os.environ.get("LMX_API_KEY"),
