@@ -36,14 +36,13 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-def _fake_rope(*args, **kwargs) -> None:
+def _fake_in_place(*args, **kwargs) -> None:
+    """Every lmx op writes into tensors it is given and returns nothing, so its fake implementation does nothing."""
     return None
 
 
-torch.library.register_fake("lmx::rotary_embedding")(_fake_rope)
-torch.library.register_fake("lmx::reshape_and_cache")(_fake_rope)
-torch.library.register_fake("lmx::rotary_embedding_and_cache")(_fake_rope)
-torch.library.register_fake("lmx::paged_attention")(_fake_rope)
+for _name in ("rotary_embedding", "reshape_and_cache", "rotary_embedding_and_cache", "paged_attention"):
+    torch.library.register_fake(f"lmx::{_name}")(_fake_in_place)
 
 
 def rotary_embedding(

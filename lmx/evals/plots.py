@@ -70,13 +70,9 @@ def ppl_curves(
     title: str = "Perplexity vs context length",
 ) -> Path:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, points in curves.items():
-        xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    fig, ax = _curves_figure(plt, curves)
     if trained_length:
-        ax.axvline(trained_length, color="gray", linestyle="--", linewidth=1)
-        ax.text(trained_length, ax.get_ylim()[1], " trained length", color="gray", va="top", fontsize=8)
+        _mark_trained_length(ax, trained_length, ax.get_ylim()[1], va="top")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("context length (tokens)")
@@ -95,13 +91,9 @@ def accuracy_curves(
     title: str = "Passkey retrieval",
 ) -> Path:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, points in curves.items():
-        xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    fig, ax = _curves_figure(plt, curves)
     if trained_length:
-        ax.axvline(trained_length, color="gray", linestyle="--", linewidth=1)
-        ax.text(trained_length, 103, " trained length", color="gray", va="bottom", fontsize=8)
+        _mark_trained_length(ax, trained_length, 103, va="bottom")
     ax.set_ylim(-5, 110)
     ax.set_xlabel("prompt length (tokens)")
     ax.set_ylabel("accuracy (%)")
@@ -109,6 +101,20 @@ def accuracy_curves(
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, plt, path)
+
+
+def _curves_figure(plt, curves: Mapping[str, Mapping[int, float]]):
+    """One line with markers per setting, points sorted by length."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in curves.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    return fig, ax
+
+
+def _mark_trained_length(ax, trained_length: int, y: float, *, va: str) -> None:
+    ax.axvline(trained_length, color="gray", linestyle="--", linewidth=1)
+    ax.text(trained_length, y, " trained length", color="gray", va=va, fontsize=8)
 
 
 def _save(fig, plt, path: str | os.PathLike) -> Path:
