@@ -1,9 +1,10 @@
-// lmx._C: the Python module. Loading it registers torch.ops.lmx.* (csrc/ops.cpp, TORCH_LIBRARY); the module
-// itself only reports how it was built.
+// lmx._C: the Python module. Loading it registers torch.ops.lmx.* (csrc/registration.cpp, TORCH_LIBRARY); the
+// module itself reports how it was built and the order of the RoPE parameters.
 #include <pybind11/pybind11.h>
 
 #include <string>
 
+#include "checks.h"
 #include "cpu/blas.h"
 #include "cpu/kernels.h"
 
@@ -30,4 +31,12 @@ PYBIND11_MODULE(_C, m) {
         return info;
       },
       "How this extension was built: CUDA kernels or not, the torch it was built against, the CPU code path.");
+  m.def(
+      "rope_param_fields",
+      [] {
+        py::tuple names(lmx::kRopeFields.size());
+        for (size_t i = 0; i < lmx::kRopeFields.size(); ++i) names[i] = py::str(lmx::kRopeFields[i].name);
+        return names;
+      },
+      "Names of the values of the ops' `rope_params` list, in order (lmx.rope.RopeConfig.packed follows it).");
 }

@@ -1,5 +1,5 @@
 // CPU kernels of lmx: plain pointers, strides and sizes; no torch types past this line except the scalar types.
-// Inputs are validated by the binding (csrc/ops.cpp) before any of these runs.
+// Inputs are validated by csrc/checks.cpp before any of these runs.
 #pragma once
 
 #include <c10/util/BFloat16.h>

@@ -1,0 +1,31 @@
+// CPU glue of reshape_and_cache: checks, dispatch over (input dtype, cache dtype), csrc/cpu kernel.
+#include <type_traits>
+
+#include "checks.h"
+#include "cpu/kernels.h"
+#include "ops.h"
+#include "tensor_views.h"
+
+namespace lmx {
+
+void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
+                           const at::Tensor& slot_mapping) {
+  const char* op = "reshape_and_cache";
+  check_reshape_and_cache(op, key, value, k_cache, v_cache, slot_mapping);
+  if (key.size(0) == 0) return;
+  LMX_DISPATCH_FLOAT(key.scalar_type(), "lmx_reshape_and_cache_in", [&] {
+    using in_scalar = scalar_t;
+    LMX_DISPATCH_FLOAT(k_cache.scalar_type(), "lmx_reshape_and_cache_out", [&] {
+      // Only the pairs the check admits are instantiated: equal dtypes, or one of the two float32.
+      if constexpr (std::is_same_v<in_scalar, scalar_t> || std::is_same_v<in_scalar, float> ||
+                    std::is_same_v<scalar_t, float>) {
+        cpu::reshape_and_cache<in_scalar, scalar_t>(key.size(0), key.size(2), token_head_view_const<in_scalar>(key),
+                                                    token_head_view_const<in_scalar>(value),
+                                                    k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(),
+                                                    slot_mapping.data_ptr<int64_t>());
+      }
+    });
+  });
+}
+
+}  // namespace lmx

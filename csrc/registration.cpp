@@ -1,0 +1,84 @@
+// torch.ops.lmx.*: the schemas, and the implementation of each op per dispatch key. CPU is registered here; CUDA
+// in csrc/cuda/ops_cuda.cpp when LMX_WITH_CUDA, otherwise here by functions that validate and then raise the
+// "built CPU-only" error. The dispatcher picks the key from the tensors' devices (checks.h then insists that
+// every tensor is on the first one's device).
+#include <torch/library.h>
+
+#include "checks.h"
+#include "ops.h"
+
+TORCH_LIBRARY(lmx, m) {
+  m.def(
+      "rotary_embedding(Tensor(a!) query, Tensor(b!)? key, Tensor positions, int rotary_dim, bool is_neox, "
+      "float[] rope_params, Tensor? cu_seqlens, Tensor? rope_seq_lens, bool precise) -> ()");
+  m.def(
+      "rotary_embedding_and_cache(Tensor(a!) query, Tensor(b!) key, Tensor value, Tensor(c!) k_cache, "
+      "Tensor(d!) v_cache, Tensor slot_mapping, Tensor positions, int rotary_dim, bool is_neox, float[] rope_params, "
+      "Tensor? cu_seqlens, Tensor? rope_seq_lens, bool precise) -> ()");
+  m.def(
+      "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
+  m.def(
+      "paged_attention(Tensor(a!) out, Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+      "Tensor seq_lens, Tensor cu_seqlens_q, float scale, Tensor? alibi_slopes, int sliding_window) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(lmx, CPU, m) {
+  m.impl("rotary_embedding", &lmx::rotary_embedding_cpu);
+  m.impl("rotary_embedding_and_cache", &lmx::rotary_embedding_and_cache_cpu);
+  m.impl("reshape_and_cache", &lmx::reshape_and_cache_cpu);
+  m.impl("paged_attention", &lmx::paged_attention_cpu);
+}
+
+#ifndef LMX_WITH_CUDA
+namespace lmx {
+namespace {
+
+// A CPU-only build given CUDA tensors: the same argument errors as a CUDA build, then the build error.
+void rotary_embedding_cpu_only(at::Tensor& query, const std::optional<at::Tensor>& key, const at::Tensor& positions,
+                               int64_t rotary_dim, bool, c10::ArrayRef<double> rope_params,
+                               const std::optional<at::Tensor>& cu_seqlens,
+                               const std::optional<at::Tensor>& rope_seq_lens, bool) {
+  const char* op = "rotary_embedding";
+  check_rotary_embedding(op, query, key, positions, rotary_dim, rope_params, cu_seqlens, rope_seq_lens);
+  no_cuda(op);
+}
+
+void rotary_embedding_and_cache_cpu_only(at::Tensor& query, at::Tensor& key, const at::Tensor& value,
+                                         at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slot_mapping,
+                                         const at::Tensor& positions, int64_t rotary_dim, bool,
+                                         c10::ArrayRef<double> rope_params,
+                                         const std::optional<at::Tensor>& cu_seqlens,
+                                         const std::optional<at::Tensor>& rope_seq_lens, bool) {
+  const char* op = "rotary_embedding_and_cache";
+  check_rotary_embedding_and_cache(op, query, key, value, k_cache, v_cache, slot_mapping, positions, rotary_dim,
+                                   rope_params, cu_seqlens, rope_seq_lens);
+  no_cuda(op);
+}
+
+void reshape_and_cache_cpu_only(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
+                                at::Tensor& v_cache, const at::Tensor& slot_mapping) {
+  const char* op = "reshape_and_cache";
+  check_reshape_and_cache(op, key, value, k_cache, v_cache, slot_mapping);
+  no_cuda(op);
+}
+
+void paged_attention_cpu_only(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache,
+                              const at::Tensor& v_cache, const at::Tensor& block_tables, const at::Tensor& seq_lens,
+                              const at::Tensor& cu_seqlens_q, double scale,
+                              const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window) {
+  const char* op = "paged_attention";
+  check_paged_attention(op, out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, alibi_slopes,
+                        sliding_window);
+  no_cuda(op);
+}
+
+}  // namespace
+}  // namespace lmx
+
+TORCH_LIBRARY_IMPL(lmx, CUDA, m) {
+  m.impl("rotary_embedding", &lmx::rotary_embedding_cpu_only);
+  m.impl("rotary_embedding_and_cache", &lmx::rotary_embedding_and_cache_cpu_only);
+  m.impl("reshape_and_cache", &lmx::reshape_and_cache_cpu_only);
+  m.impl("paged_attention", &lmx::paged_attention_cpu_only);
+}
+#endif  // LMX_WITH_CUDA
