@@ -7,25 +7,39 @@ naming the field, what was expected and what came, before any request reaches th
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Sequence
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _check_int(name: str, value: Any, *, minimum: int, optional: bool = False) -> None:
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None, optional: bool = False) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an int from {minimum} to {maximum}, got {value!r}")
 
 
 def _check_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
     return float(value)
+
+
+# Ranges a request's sampling parameters must lie in; the server's request models use the same bounds.
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes without wrapping
+REPETITION_PENALTY_RANGE = (0.01, 100.0)  # outside it, dividing logits overflows or wipes out every logit
+TEMPERATURE_MAX = 100.0
+TOP_K_MAX = 2**31 - 1
+LOGPROBS_MAX = 20
+MAX_NEW_TOKENS_MAX = 2**31 - 1
 
 
 @dataclasses.dataclass
@@ -43,6 +57,8 @@ class EngineConfig:
             CPU the cache is also capped at what ``max_batch_size`` sequences of ``session_len`` need).
         num_blocks: exact number of KV-cache blocks; overrides ``cache_max_entry_count``.
         max_prefill_token_num: most tokens one step prefills (the prefill chunk); longer prompts are chunked.
+        max_queued_requests: most requests waiting for a place in the batch; one more raises
+            ``EngineBusyError`` (``None``: no limit, the library default; ``lmx serve`` sets one).
         dtype: ``auto`` (the checkpoint's dtype, bf16 for quantised GGUF), ``float32``, ``bfloat16``, ``float16``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         num_threads: CPU threads for torch (``None`` leaves torch's default).
@@ -56,6 +72,7 @@ class EngineConfig:
     cache_max_entry_count: float = 0.8
     num_blocks: int | None = None
     max_prefill_token_num: int = 8192
+    max_queued_requests: int | None = None
     dtype: str = "auto"
     device: str = "auto"
     num_threads: int | None = None
@@ -76,6 +93,7 @@ class EngineConfig:
             raise ValueError(f"cache_max_entry_count: expected a fraction in (0, 1], got {entry!r}")
         _check_int("num_blocks", self.num_blocks, minimum=1, optional=True)
         _check_int("max_prefill_token_num", self.max_prefill_token_num, minimum=1)
+        _check_int("max_queued_requests", self.max_queued_requests, minimum=1, optional=True)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {self.dtype!r}")
         if self.device not in DEVICES:
@@ -92,12 +110,12 @@ class GenerationConfig:
         do_sample: sample (``True``) or take the argmax (``False``). LMDeploy samples whenever ``top_k != 1``; here
             sampling is on when ``do_sample`` is set or ``temperature``/``top_p``/``top_k`` ask for it.
         temperature, top_p, top_k: the usual; ``top_k = 0`` means no top-k cut.
-        repetition_penalty: CTRL-style penalty on every token already in the prompt or output (1.0 = off; seed
-            002 recommends 1.02 for long inputs).
+        repetition_penalty: CTRL-style penalty on every token already in the prompt or output, in [0.01, 100]
+            (1.0 = off; seed 002 recommends 1.02 for long inputs).
         stop_words: strings that end generation (the stop word is not returned).
         stop_token_ids: token ids that end generation (besides the model's EOS unless ``ignore_eos``).
         ignore_eos: keep generating past EOS.
-        random_seed: seed of this request's sampler; the same seed gives the same tokens.
+        random_seed: seed of this request's sampler (0 to 2**64 - 1); the same seed gives the same tokens.
         logprobs: ``None`` for no logprobs; ``k >= 0`` returns the chosen token's logprob and the top ``k``.
     """
 
@@ -114,16 +132,19 @@ class GenerationConfig:
     logprobs: int | None = None
 
     def __post_init__(self) -> None:
-        _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
+        _check_int("max_new_tokens", self.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS_MAX)
         if not isinstance(self.do_sample, bool):
             raise TypeError(f"do_sample: expected a bool, got {type(self.do_sample).__name__} {self.do_sample!r}")
-        if _check_number("temperature", self.temperature) < 0:
-            raise ValueError(f"temperature: expected >= 0, got {self.temperature!r}")
+        if not 0 <= _check_number("temperature", self.temperature) <= TEMPERATURE_MAX:
+            raise ValueError(f"temperature: expected a value in [0, {TEMPERATURE_MAX:g}], got {self.temperature!r}")
         if not 0.0 < _check_number("top_p", self.top_p) <= 1.0:
             raise ValueError(f"top_p: expected a value in (0, 1], got {self.top_p!r}")
-        _check_int("top_k", self.top_k, minimum=0)
-        if _check_number("repetition_penalty", self.repetition_penalty) <= 0:
-            raise ValueError(f"repetition_penalty: expected > 0, got {self.repetition_penalty!r}")
+        _check_int("top_k", self.top_k, minimum=0, maximum=TOP_K_MAX)
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= _check_number("repetition_penalty", self.repetition_penalty) <= high:
+            raise ValueError(
+                f"repetition_penalty: expected a value in [{low:g}, {high:g}] (1 = off), got {self.repetition_penalty!r}"
+            )
         if isinstance(self.stop_words, str):
             self.stop_words = [self.stop_words]
         if self.stop_words is not None:
@@ -138,8 +159,8 @@ class GenerationConfig:
             self.stop_token_ids = list(self.stop_token_ids)
         if not isinstance(self.ignore_eos, bool):
             raise TypeError(f"ignore_eos: expected a bool, got {type(self.ignore_eos).__name__}")
-        _check_int("random_seed", self.random_seed, minimum=0, optional=True)
-        _check_int("logprobs", self.logprobs, minimum=0, optional=True)
+        _check_int("random_seed", self.random_seed, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1], optional=True)
+        _check_int("logprobs", self.logprobs, minimum=0, maximum=LOGPROBS_MAX, optional=True)
 
     @property
     def sampling(self) -> bool:

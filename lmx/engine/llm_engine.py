@@ -15,7 +15,7 @@ from .block_manager import BlockManager
 from .config import EngineConfig, GenerationConfig
 from .model_runner import ModelRunner
 from .sampler import Sampler
-from .scheduler import Scheduler
+from .scheduler import EngineBusyError, Scheduler
 from .sequence import Sequence
 
 
@@ -45,7 +45,7 @@ class LLMEngine:
         )  # fmt: skip
         self.scheduler = Scheduler(
             self.block_manager, max_batch_size=config.max_batch_size,
-            max_prefill_token_num=config.max_prefill_token_num,
+            max_prefill_token_num=config.max_prefill_token_num, max_queued_requests=config.max_queued_requests,
         )  # fmt: skip
         self.sampler = Sampler()
         self.eos_token_ids = list(self.checkpoint.eos_token_ids)
@@ -176,8 +176,11 @@ class LLMEngine:
                 chunk.seq.nll_sum += nll
                 chunk.seq.nll_count += count
                 chunk.seq.prompt_token_logprobs.extend(out.token_logprobs.get(chunk.seq.seq_id, ()))
-        sampled = {seq.seq_id: token for seq, token in zip(out.sample_seqs, tokens)}
-        finished = self.scheduler.postprocess(chunks, sampled)
+        sampled = {seq.seq_id: token for seq, token in zip(out.sample_seqs, tokens) if token is not None}
+        failed = [seq for seq, token in zip(out.sample_seqs, tokens) if token is None]  # seq.error says why
+        for seq in failed:
+            self.scheduler.finish(seq, "error")
+        finished = self.scheduler.postprocess([c for c in chunks if not c.seq.is_finished], sampled) + failed
         for seq in out.sample_seqs:
             if not seq.is_finished and seq.params.stop_words and self.find_stop_word(seq) is not None:
                 finished.append(self.scheduler.finish(seq, "stop"))
@@ -208,17 +211,28 @@ class LLMEngine:
         return seqs
 
     def add_requests(self, prompts: list[list[int]], gen_configs: list[GenerationConfig | None]) -> list[Sequence]:
-        """Validate every request first, so a bad one in a batch queues none of them."""
+        """Validate every request first, so a bad one in a batch queues none of them (nor a batch that does not
+        fit in the waiting queue)."""
         for i, (ids, gen) in enumerate(zip(prompts, gen_configs)):
             self.validate_prompt(ids, name=f"prompts[{i}]" if len(prompts) > 1 else "prompt")
             if gen is not None and not isinstance(gen, GenerationConfig):
                 raise TypeError(f"gen_config: expected a GenerationConfig, got {type(gen).__name__}")
+        self._check_queue_room(len(prompts))
         return [self.add_request(ids, gen) for ids, gen in zip(prompts, gen_configs)]
+
+    def _check_queue_room(self, count: int) -> None:
+        limit = self.scheduler.max_queued_requests
+        if limit is not None and len(self.scheduler.waiting) + count > limit:
+            raise EngineBusyError(
+                f"engine: {count} requests do not fit in the waiting queue ({len(self.scheduler.waiting)} of "
+                f"max_queued_requests={limit} taken); try again later"
+            )
 
     def get_ppl(self, inputs: list[list[int]]) -> list[float]:
         """Mean cross-entropy (natural log) of each input; scored in chunks, batched like generation."""
         for i, ids in enumerate(inputs):
             self.validate_prompt(ids, name=f"input_ids[{i}]" if len(inputs) > 1 else "input_ids", perplexity=True)
+        self._check_queue_room(len(inputs))
         seqs = [self.add_perplexity_request(ids) for ids in inputs]
         for _ in self.run_until_done(seqs):
             pass

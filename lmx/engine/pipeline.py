@@ -28,6 +28,7 @@ class Response:
     generate_token_len: int
     input_token_len: int
     finish_reason: str | None = None  # "stop", "length", "abort", "error", or None while running
+    error: str | None = None  # finish_reason "error": why, naming the request's field (e.g. "random_seed: ...")
     token_ids: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[tuple[float, dict[int, float]]] | None = None
     index: int = 0
@@ -145,6 +146,7 @@ class Pipeline:
             generate_token_len=generated,
             input_token_len=seq.num_prompt_tokens,
             finish_reason=seq.finish_reason,
+            error=seq.error,
             token_ids=list(token_ids),
             logprobs=list(seq.logprobs[generated - len(token_ids) :]) if params.logprobs is not None else None,
             index=index,

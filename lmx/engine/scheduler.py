@@ -17,17 +17,30 @@ from .block_manager import BlockManager
 from .sequence import ScheduledChunk, Sequence, SequenceStatus
 
 
+class EngineBusyError(RuntimeError):
+    """The waiting queue is full (``EngineConfig.max_queued_requests``): nothing was queued; try again later."""
+
+
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, *, max_batch_size: int, max_prefill_token_num: int) -> None:
+    def __init__(self, block_manager: BlockManager, *, max_batch_size: int, max_prefill_token_num: int,
+                 max_queued_requests: int | None = None) -> None:  # fmt: skip
         self.block_manager = block_manager
         self.max_batch_size = max_batch_size
         self.max_prefill_token_num = max_prefill_token_num
+        self.max_queued_requests = max_queued_requests  # None: no limit
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
 
     def add(self, seq: Sequence) -> None:
+        """Queue ``seq``; ``EngineBusyError`` when ``max_queued_requests`` are already waiting (preempted
+        sequences go back to the queue whatever its length: they were admitted once)."""
         # Internal invariant: the engine validated the request against session_len and the cache.
         assert seq.num_tokens <= seq.max_len <= self.block_manager.capacity_tokens + 1
+        if self.max_queued_requests is not None and len(self.waiting) >= self.max_queued_requests:
+            raise EngineBusyError(
+                f"engine: {len(self.waiting)} requests are already waiting (max_queued_requests="
+                f"{self.max_queued_requests}); try again later"
+            )
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 

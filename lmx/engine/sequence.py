@@ -36,6 +36,8 @@ class Sequence:
     num_computed_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
+    # finish_reason "error": why, naming the request's field ("repetition_penalty: ..."); nothing else failed.
+    error: str | None = None
     num_preemptions: int = 0
     # Generation: per generated token, (logprob of the chosen token, {token: logprob} of the top k) when asked.
     logprobs: list[tuple[float, dict[int, float]]] = dataclasses.field(default_factory=list)
