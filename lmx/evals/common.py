@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -43,6 +44,8 @@ def parse_rope_setting(text: str) -> RopeSetting:
     except ValueError:
         pass
     else:
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"--rope-scaling-factor: expected a finite number >= 0, got {text!r}")
         return RopeSetting("dynamic", number) if number > 1 else RopeSetting()
     rope_type, _, factor_text = spec.partition(":")
     if rope_type not in ROPE_TYPES:
@@ -55,8 +58,8 @@ def parse_rope_setting(text: str) -> RopeSetting:
         factor = float(factor_text) if factor_text else 2.0
     except ValueError:
         raise ValueError(f"--rope: expected a number after '{rope_type}:', got {text!r}") from None
-    if factor < 1.0:
-        raise ValueError(f"--rope: expected a factor >= 1 for {rope_type}, got {factor:g}")
+    if not math.isfinite(factor) or factor < 1.0:
+        raise ValueError(f"--rope: expected a finite factor >= 1 for {rope_type}, got {text!r}")
     return RopeSetting(rope_type, factor)
 
 

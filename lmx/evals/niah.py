@@ -205,7 +205,7 @@ def register(subparsers: Any) -> None:
         help="context lengths in tokens (4k = 4096)",
     )  # fmt: skip
     parser.add_argument(
-        "--depths", type=float, nargs="+", default=DEFAULT_DEPTHS, metavar="PCT", help="needle depths in percent"
+        "--depths", type=options.non_negative_float, nargs="+", default=DEFAULT_DEPTHS, metavar="PCT", help="needle depths in percent"
     )
     parser.add_argument("--haystack", metavar="FILE", default=None, help="a UTF-8 text file (default: the noise sentences)")
     parser.add_argument("--needle", default=DEFAULT_NEEDLE, help="the sentence hidden in the haystack")

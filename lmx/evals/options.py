@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from typing import Any
 
@@ -60,6 +61,36 @@ positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
+def _finite_float(minimum: float, *, inclusive: bool, expected: str):
+    """An argparse type: a finite float (never inf or nan) >= (or >) ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+non_negative_float = _finite_float(0.0, inclusive=True, expected="a finite number >= 0")
+positive_float = _finite_float(0.0, inclusive=False, expected="a finite number > 0")
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512k``, ``32M``, ``1G`` (powers of 1024): a size in bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)i?[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes like 1048576, 512k, 32M or 1G, got {text!r}")
+    value = float(match.group(1)) * 1024 ** " kmg".index((match.group(2) or " ").lower())
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size in bytes, got {text!r}")
+    return int(value)
+
+
 def add_model_options(parser: argparse.ArgumentParser, *, session_len_help: str | None = None) -> None:
     group = parser.add_argument_group("model and engine")
     group.add_argument(
@@ -83,7 +114,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, session_len_help: str 
 def add_rope_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("RoPE settings (several in one call are run one after the other)")
     group.add_argument(
-        "--rope-scaling-factor", type=float, nargs="+", default=None, metavar="F",
+        "--rope-scaling-factor", type=non_negative_float, nargs="+", default=None, metavar="F",
         help="LMDeploy's shortcut: F > 1 runs dynamic NTK with factor F, F <= 1 runs default RoPE; "
         "e.g. --rope-scaling-factor 1 2 compares default with dynamic 2.0",
     )  # fmt: skip

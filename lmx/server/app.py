@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import math
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,15 +29,20 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmx.engine.config import GenerationConfig
+from lmx.engine.scheduler import EngineBusyError
 
 from . import documents
-from .engine_loop import AsyncEngine, Delta, EngineError
+from .engine_loop import AsyncEngine, Delta, EngineDeadError, EngineError
+from .guards import (
+    APIKeyMiddleware, BodyLimitMiddleware, BodyTooLarge, HostCheckMiddleware, ServerLimits,
+)  # fmt: skip
 from .protocol import (
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, PplRequest, TokenizeRequest,
 )  # fmt: skip
 
 STATIC_DIR = Path(__file__).with_name("static")
-PUBLIC_PATHS = ("/", "/health", "/favicon.ico")
+JSON_PARSE_INLINE_BYTES = 64 * 1024  # larger bodies are parsed on a worker thread, so /health stays quick
+RETRY_AFTER_SECONDS = 1
 # Engine argument names -> the request field a user wrote.
 ENGINE_TO_API_FIELD = {
     "max_new_tokens": "max_tokens", "stop_words": "stop", "random_seed": "seed", "logprobs": "logprobs",
@@ -47,14 +53,21 @@ ENGINE_TO_API_FIELD = {
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error") -> None:  # fmt: skip
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers
 
 
-def error_response(status: int, message: str, param=None, code=None, type="invalid_request_error") -> JSONResponse:
+def error_response(status: int, message: str, param=None, code=None, type="invalid_request_error",
+                   headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def busy_error(e: Exception) -> APIError:
+    return APIError(503, f"{e} (--max-queued-requests)", None, "server_busy", "server_error",
+                    {"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
 
 
 def user_error(e: Exception, prompt_field: str) -> APIError:
@@ -72,8 +85,14 @@ def user_error(e: Exception, prompt_field: str) -> APIError:
 
 
 async def parse_body(request: Request, model: type[BaseModel]) -> Any:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        got = repr(content_type) if content_type else "none"
+        raise APIError(415, f"Content-Type: expected 'application/json', got {got}", None, "unsupported_media_type")
     raw = await request.body()
     try:
+        if len(raw) > JSON_PARSE_INLINE_BYTES:
+            return await asyncio.to_thread(model.model_validate_json, raw)
         return model.model_validate_json(raw or b"")
     except ValidationError as e:
         errors = e.errors(include_url=False)
@@ -122,32 +141,18 @@ def _json_type(value: Any) -> str:
 # -- the app ---------------------------------------------------------------------------------------------------------
 
 
-class APIKeyMiddleware:
-    """Pure ASGI (so streaming and disconnect detection pass through untouched): 401 without the bearer key."""
+def create_app(pipe, *, model_name: str, api_key: str | None = None, limits: ServerLimits | None = None,
+               bind_host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] = (),
+               allowed_origins: tuple[str, ...] = ()) -> FastAPI:  # fmt: skip
+    """The app serving ``pipe`` (an ``lmx.Pipeline``) as ``model_name``; the engine thread runs while it lives.
 
-    def __init__(self, app, api_key: str) -> None:
-        self.app, self.api_key = app, api_key
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or _is_public(scope["path"]):
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        if auth != f"Bearer {self.api_key}":
-            got = "no Authorization header" if not auth else "a different key"
-            response = error_response(
-                401, f"Authorization: expected 'Bearer <the server's --api-key>', got {got}", None, "invalid_api_key"
-            )
-            return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-def _is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith("/static/")
-
-
-def create_app(pipe, *, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The app serving ``pipe`` (an ``lmx.Pipeline``) as ``model_name``; the engine thread runs while it lives."""
+    ``bind_host`` and ``allowed_hosts`` are the names its ``Host`` header may carry; ``allowed_origins`` are the
+    web origins (besides its own page) allowed to call it, with CORS headers for them; ``limits`` bound each
+    request (see ``ServerLimits``)."""
+    if not (STATIC_DIR / "index.html").is_file():
+        raise FileNotFoundError(f"chat page: expected lmx's static files in {STATIC_DIR}, which has no index.html "
+                                "(an incomplete install: reinstall lmx)")  # fmt: skip
+    limits = limits or ServerLimits()
     engine = AsyncEngine(pipe)
 
     @contextlib.asynccontextmanager
@@ -161,13 +166,23 @@ def create_app(pipe, *, model_name: str, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="lmx", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.engine = engine
     app.state.model_name = model_name
-    server = _Server(engine, model_name)
+    app.state.limits = limits
+    server = _Server(engine, model_name, limits)
+    # Added innermost first: the host check runs before anything else, the key check last.
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(BodyLimitMiddleware, limits=limits)
+    if allowed_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+    app.add_middleware(HostCheckMiddleware, bind_host=bind_host, allowed_hosts=allowed_hosts,
+                       allowed_origins=allowed_origins)  # fmt: skip
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
-        return error_response(e.status, e.message, e.param, e.code, e.type)
+        return error_response(e.status, e.message, e.param, e.code, e.type, e.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
@@ -249,9 +264,10 @@ async def cancel_on_disconnect(request: Request, awaitable) -> Any:
 class _Server:
     """The endpoint handlers; one instance per app."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str) -> None:
+    def __init__(self, engine: AsyncEngine, model_name: str, limits: ServerLimits) -> None:
         self.engine = engine
         self.model_name = model_name
+        self.limits = limits
         self.tokenizer = engine.tokenizer
         self.created = int(time.time())
 
@@ -270,8 +286,31 @@ class _Server:
         if self.tokenizer is None:
             raise APIError(400, f"{field}: this model has no tokenizer, so text needs token ids", field)
 
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.limits.prompt_chars(self.session_len)
+
+    def check_chars(self, num_chars: int, field: str) -> None:
+        """Refuse text that cannot fit before paying for its tokenization."""
+        if num_chars > self.max_prompt_chars:
+            raise APIError(413, f"{field}: expected at most {self.max_prompt_chars} characters (--max-prompt-chars), "
+                           f"got {num_chars}", field, "prompt_too_large")  # fmt: skip
+
+    def check_count(self, count: int, field: str) -> None:
+        limit = self.limits.max_prompts_per_request
+        if count > limit:
+            raise APIError(413, f"{field}: expected at most {limit} prompts per request (--max-prompts-per-request), "
+                           f"got {count}", field, "too_many_prompts")  # fmt: skip
+
+    def check_queue(self, count: int = 1) -> None:
+        try:
+            self.engine.check_queue_room(count)
+        except EngineBusyError as e:
+            raise busy_error(e) from None
+
     async def encode(self, text: str, field: str, add_special_tokens: bool = True) -> list[int]:
         self.need_tokenizer(field)
+        self.check_chars(len(text), field)
         return await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=add_special_tokens)
 
     def validate(self, ids: list[int], field: str, *, perplexity: bool = False) -> None:
@@ -303,7 +342,12 @@ class _Server:
 
     # -- simple endpoints ------------------------------------------------------------------------------------------
 
-    async def health(self) -> dict:
+    async def health(self):
+        dead = self.engine.dead_reason
+        if dead is not None:
+            error = {"message": f"engine: the engine thread has stopped ({dead}); restart the server",
+                     "type": "server_error", "param": None, "code": "engine_dead"}  # fmt: skip
+            return JSONResponse({"status": "error", "model": self.model_name, "error": error}, status_code=503)
         return {"status": "ok", "model": self.model_name, "requests_in_engine": self.engine.num_unfinished}
 
     async def models(self) -> dict:
@@ -317,7 +361,7 @@ class _Server:
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "body: expected exactly one of 'prompt' or 'messages'", "prompt")
         if req.messages is not None:
-            ids = self.chat_ids(req.messages, req.add_generation_prompt)
+            ids = await asyncio.to_thread(self.chat_ids, req.messages, req.add_generation_prompt)
         else:
             ids = await self.encode(req.prompt, "prompt", req.add_special_tokens)
         return {"tokens": ids, "count": len(ids), "max_model_len": self.session_len}
@@ -326,7 +370,11 @@ class _Server:
         req = await parse_body(request, DetokenizeRequest)
         self.check_model(req.model)
         self.need_tokenizer("tokens")
-        return {"prompt": self.tokenizer.decode(req.tokens)}
+        vocab = len(self.tokenizer)
+        bad = [t for t in req.tokens if not 0 <= t < vocab]
+        if bad:
+            raise APIError(400, f"tokens: expected token ids in [0, {vocab}), got {bad[:5]}", "tokens", "invalid_value")
+        return {"prompt": await asyncio.to_thread(self.tokenizer.decode, req.tokens)}
 
     async def tokenizer_info(self) -> dict:
         self.need_tokenizer("tokenizer")
@@ -346,19 +394,24 @@ class _Server:
             single = not req.input_ids or isinstance(req.input_ids[0], int)
             inputs = [req.input_ids] if single else req.input_ids
             field = "input_ids"
+            self.check_count(len(inputs), field)
         else:
             texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            self.check_count(len(texts), "prompt")
+            for i, text in enumerate(texts):
+                self.check_chars(len(text), "prompt" if len(texts) == 1 else f"prompt[{i}]")
             inputs = [await self.encode(t, "prompt") for t in texts]
             field = "prompt"
         for i, ids in enumerate(inputs):
             self.validate(ids, field if len(inputs) == 1 else f"{field}[{i}]", perplexity=True)
+        self.check_queue(len(inputs))
 
         async def run() -> list[float]:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self.engine.ppl(ids)) for ids in inputs]
             return [t.result() for t in tasks]
 
-        losses = await cancel_on_disconnect(request, run())
+        losses = await self.guard(cancel_on_disconnect(request, run()))
         return {
             "object": "ppl", "model": self.model_name, "mean_cross_entropy": losses,
             "perplexity": [math.exp(x) for x in losses], "num_tokens": [len(i) for i in inputs],
@@ -370,6 +423,10 @@ class _Server:
         req: CompletionRequest = await parse_body(request, CompletionRequest)
         self.check_model(req.model)
         prompts = self.split_prompt(req.prompt)
+        self.check_count(len(prompts), "prompt")
+        for i, p in enumerate(prompts):  # every prompt's size before any tokenizing
+            if isinstance(p, str):
+                self.check_chars(len(p), "prompt" if len(prompts) == 1 else f"prompt[{i}]")
         ids_list = [p if isinstance(p, list) else await self.encode(p, "prompt") for p in prompts]
         if req.max_tokens == 0 and not req.echo:
             raise APIError(400, "max_tokens: expected >= 1 (0 only with echo, to score the prompt), got 0",
@@ -380,6 +437,7 @@ class _Server:
         max_new = req.max_tokens if req.max_tokens is not None else self.session_len
         gen = self.gen_config(req, max(max_new, 1), req.logprobs)
         texts = [p if isinstance(p, str) else None for p in prompts]
+        self.check_queue(len(ids_list) * (2 if req.echo and req.logprobs is not None else 1))
         if req.stream:
             if len(ids_list) != 1:
                 raise APIError(400, f"prompt: streaming takes one prompt, got {len(ids_list)}", "prompt")
@@ -414,6 +472,10 @@ class _Server:
     async def guard(self, awaitable):
         try:
             return await awaitable
+        except* EngineBusyError as group:
+            raise busy_error(group.exceptions[0]) from None
+        except* EngineDeadError as group:
+            raise APIError(503, str(group.exceptions[0]), None, "engine_dead", "server_error") from None
         except* EngineError as group:
             raise APIError(500, str(group.exceptions[0]), None, "engine_error", "internal_error") from None
         except* (ValueError, TypeError) as group:
@@ -497,8 +559,8 @@ class _Server:
                 if req.logprobs is not None:
                     logprobs = self.completion_logprobs([], [], delta.token_ids, delta.logprobs or [])
                 yield chunk(delta.text, logprobs, delta.finish_reason)
-        except (EngineError, ValueError, TypeError) as e:
-            yield sse({"error": {"message": str(e), "type": "internal_error", "param": None, "code": None}})
+        except (EngineError, EngineBusyError, ValueError, TypeError) as e:
+            yield stream_error(e)
         if req.stream_options and req.stream_options.include_usage:
             yield sse({"id": cid, "object": "text_completion", "created": created, "model": self.model_name,
                        "choices": [], "usage": self.usage(len(ids), completion_tokens)})  # fmt: skip
@@ -512,6 +574,7 @@ class _Server:
             raise APIError(400, "messages: this model's tokenizer has no chat template; use /v1/completions",
                            "messages")  # fmt: skip
         chat = [{"role": m.role, "content": m.text()} for m in messages]
+        self.check_chars(sum(len(m["content"]) for m in chat), "messages")
         try:
             text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
         except Exception as e:  # a template may reject a role order, e.g. two user turns in a row
@@ -523,6 +586,7 @@ class _Server:
         self.check_model(req.model)
         ids = await asyncio.to_thread(self.chat_ids, req.messages)
         self.validate(ids, "messages")
+        self.check_queue()
         max_new = req.max_completion_tokens or req.max_tokens or max(self.session_len - len(ids), 1)
         top = (req.top_logprobs or 0) if req.logprobs else None
         gen = self.gen_config(req, max_new, top)
@@ -571,8 +635,8 @@ class _Server:
                     continue
                 logprobs = self.chat_logprobs(delta.token_ids, delta.logprobs) if req.logprobs else None
                 yield chunk({"content": delta.text} if delta.text else {}, delta.finish_reason, logprobs)
-        except (EngineError, ValueError, TypeError) as e:
-            yield sse({"error": {"message": str(e), "type": "internal_error", "param": None, "code": None}})
+        except (EngineError, EngineBusyError, ValueError, TypeError) as e:
+            yield stream_error(e)
         if req.stream_options and req.stream_options.include_usage:
             yield sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
                        "choices": [], "usage": self.usage(len(ids), tokens)})  # fmt: skip
@@ -585,6 +649,8 @@ class _Server:
         answer) and ``truncate`` ("true": middle-truncate an over-long document; otherwise refuse it)."""
         try:
             form = await request.form()
+        except BodyTooLarge:
+            raise
         except Exception as e:
             raise APIError(400, f"body: expected multipart/form-data with a 'file' field ({e})", "file") from None
         upload = form.get("file")
@@ -593,10 +659,11 @@ class _Server:
         reserve = _form_int(form, "reserve", 512)
         truncate = str(form.get("truncate", "false")).lower() in ("1", "true", "on", "yes")
         data = await upload.read()
-        try:
-            text = await asyncio.to_thread(documents.extract_text, upload.filename or "", data)
-        except ValueError as e:
-            raise APIError(400, str(e), "file", "unsupported_file") from None
+        text = await self.extract(upload.filename or "", data)
+        self.need_tokenizer("file")
+        if len(text) > self.max_prompt_chars:
+            raise APIError(413, f"file: {upload.filename!r} holds {len(text)} characters of text, more than "
+                           f"{self.max_prompt_chars} (--max-prompt-chars)", "file", "document_too_large")  # fmt: skip
         ids = await self.encode(text, "file", add_special_tokens=False)
         budget = self.session_len - reserve
         if budget < 1:
@@ -611,9 +678,40 @@ class _Server:
                     "middle truncation.", "file", "document_too_long",
                 )  # fmt: skip
             kept = documents.middle_truncate(ids, budget)
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            text = await asyncio.to_thread(self.tokenizer.decode, kept, skip_special_tokens=True)
         return {"filename": upload.filename, "text": text, "num_tokens": len(ids), "kept_tokens": len(kept),
                 "truncated": len(kept) < len(ids), "session_len": self.session_len, "budget": budget}  # fmt: skip
+
+    async def extract(self, filename: str, data: bytes) -> str:
+        """The upload's text, extracted on a worker thread within ``--pdf-timeout`` and ``--max-pdf-pages``."""
+        cancel = threading.Event()
+        timeout = self.limits.pdf_timeout
+        work = asyncio.to_thread(documents.extract_text, filename, data, max_pages=self.limits.max_pdf_pages,
+                                 timeout=timeout, cancel=cancel)  # fmt: skip
+        try:
+            return await asyncio.wait_for(work, timeout + 1.0)  # the thread checks its own deadline per page
+        except documents.DocumentTooLarge as e:
+            raise APIError(413, str(e), "file", "document_too_large") from None
+        except ValueError as e:
+            raise APIError(400, str(e), "file", "unsupported_file") from None
+        except TimeoutError:
+            raise APIError(413, f"file: extracting the text of {filename!r} took longer than {timeout:g} s "
+                           "(--pdf-timeout)", "file", "document_too_large") from None  # fmt: skip
+        finally:
+            cancel.set()
+
+
+def stream_error(e: Exception) -> str:
+    """An error inside an SSE stream (its 200 is already sent): the same body a non-streamed request would get."""
+    if isinstance(e, EngineBusyError):
+        err = busy_error(e)
+    elif isinstance(e, (ValueError, TypeError)):
+        err = user_error(e, "prompt")
+    elif isinstance(e, EngineDeadError):
+        err = APIError(503, str(e), None, "engine_dead", "server_error")
+    else:
+        err = APIError(500, str(e), None, "engine_error", "internal_error")
+    return sse({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}})
 
 
 def _form_int(form, name: str, default: int) -> int:

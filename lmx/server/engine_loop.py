@@ -7,17 +7,24 @@ HTTP requests therefore share the engine's continuous batch instead of waiting f
 
 A request whose consumer goes away (a client that disconnects, a cancelled task) is aborted, which frees its
 KV-cache blocks. A step that fails ends only the requests of that step (the engine's contract); the others go on.
+A command that fails is logged and fails only its own request. Should the thread itself die, every request
+waiting on it gets an error, new ones are refused, and ``dead_reason`` says why (``/health`` answers 503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import queue
 import threading
 from typing import Any, AsyncIterator, Callable
 
+from lmx.engine.scheduler import EngineBusyError
+
 from .scoring import PromptScorer, TokenLogprob
+
+log = logging.getLogger("lmx.server")
 
 
 @dataclasses.dataclass
@@ -34,6 +41,10 @@ class Delta:
 
 class EngineError(RuntimeError):
     """The engine failed while running this request (the message says why); other requests are unaffected."""
+
+
+class EngineDeadError(EngineError):
+    """The engine thread has stopped; no request can be served until the server restarts."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -54,10 +65,11 @@ class AsyncEngine:
         self.engine = pipe.engine
         self.tokenizer = pipe.tokenizer
         self.scorer = PromptScorer(self.engine)
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[Callable[[], None], _Request]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
         self._requests: dict[int, _Request] = {}  # seq_id -> request, engine thread only
+        self.dead_reason: str | None = None  # set when the engine thread has died
         self._thread = threading.Thread(target=self._run, name="lmx-engine", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -69,6 +81,15 @@ class AsyncEngine:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=30)
+
+    def check_queue_room(self, count: int) -> None:
+        """``EngineBusyError`` when ``count`` more requests would overflow the engine's waiting queue (checked
+        before a request starts, so it can still get a plain 503; the engine checks again when it queues)."""
+        limit = self.engine.scheduler.max_queued_requests
+        waiting = len(self.engine.scheduler.waiting)
+        if limit is not None and waiting + count > limit:
+            raise EngineBusyError(f"engine: {waiting} requests are already waiting (max_queued_requests={limit}); "
+                                  "try again later")  # fmt: skip
 
     @property
     def num_unfinished(self) -> int:
@@ -83,7 +104,7 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         request = _Request("generate", lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
-        self._submit(lambda: self._add(request, lambda: self.engine.add_request(prompt_ids, gen_config)))
+        self._submit(request, lambda: self._add(request, lambda: self.engine.add_request(prompt_ids, gen_config)))
         finished = False
         try:
             while True:
@@ -97,7 +118,7 @@ class AsyncEngine:
                     return
         finally:
             if not finished:
-                self._submit(lambda: self._abort(request))
+                self._submit(request, lambda: self._abort(request), quiet=True)
 
     async def score(self, input_ids: list[int], top_k: int = 0) -> list[TokenLogprob]:
         """Logprob (and top ``top_k``) of tokens 1..n-1 of ``input_ids`` given the tokens before each."""
@@ -123,22 +144,49 @@ class AsyncEngine:
             loop.call_soon_threadsafe(deliver)
 
         request = _Request(kind, sink)
-        self._submit(lambda: self._add(request, add))
+        self._submit(request, lambda: self._add(request, add))
         try:
             return await future
         except asyncio.CancelledError:
-            self._submit(lambda: self._abort(request))
+            self._submit(request, lambda: self._abort(request), quiet=True)
             raise
 
-    def _submit(self, command: Callable[[], None]) -> None:
-        if self._stopping:
+    def _submit(self, request: _Request, command: Callable[[], None], *, quiet: bool = False) -> None:
+        """Queue ``command`` (about ``request``) for the engine thread; ``quiet``: an abort, which nobody waits
+        for, so a dead or stopping engine is no error."""
+        if self.dead_reason is not None or self._stopping:
+            if quiet:
+                return
+            if self.dead_reason is not None:
+                raise EngineDeadError(f"the engine thread has stopped ({self.dead_reason})")
             raise EngineError("the engine is shutting down")
-        self._commands.put(command)
+        self._commands.put((command, request))
         self._wake.set()
 
     # -- the engine thread ---------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a bug outside any one request: say so, and fail everyone who waits
+            self.dead_reason = f"{type(e).__name__}: {e}"
+            log.exception("lmx engine thread died")
+            error = EngineDeadError(f"the engine thread has stopped ({self.dead_reason})")
+            for request in list(self._requests.values()):
+                request.sink(error)
+            self._requests.clear()
+            while True:
+                try:
+                    _, request = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                request.sink(error)
+            return
+        for request in list(self._requests.values()):
+            self._abort(request)
+            request.sink(EngineError("the server is shutting down"))
+
+    def _loop(self) -> None:
         while not self._stopping:
             self._drain_commands()
             if not self.engine.scheduler.has_unfinished():
@@ -148,28 +196,46 @@ class AsyncEngine:
             try:
                 updated = self.engine.step()
             except Exception as e:  # the engine ended the step's requests with finish_reason "error"
+                log.exception("lmx engine step failed")
                 self._fail_finished(EngineError(f"engine step failed: {type(e).__name__}: {e}"))
                 continue
             self._publish(updated)
-        for request in list(self._requests.values()):
-            self._abort(request)
-            request.sink(EngineError("the server is shutting down"))
 
     def _drain_commands(self) -> None:
         while True:
             try:
-                command = self._commands.get_nowait()
+                command, request = self._commands.get_nowait()
             except queue.Empty:
                 return
-            command()
+            try:
+                command()
+            except Exception as e:  # fails this request only; the thread goes on
+                log.exception("lmx engine command failed")
+                self._forget(request)
+                request.sink(EngineError(f"engine command failed: {type(e).__name__}: {e}"))
+
+    def _forget(self, request: _Request) -> None:
+        request.cancelled = True
+        seq = request.seq
+        if seq is not None:
+            self._requests.pop(seq.seq_id, None)
+            if not seq.is_finished:
+                try:
+                    self.engine.abort(seq)
+                except Exception:  # noqa: BLE001 - already failing; the request is dropped either way
+                    log.exception("lmx engine: abort after a failed command failed too")
 
     def _add(self, request: _Request, add: Callable[[], Any]) -> None:
         if request.cancelled:
             return
         try:
             request.seq = add()
-        except Exception as e:  # validation errors: nothing was queued
+        except (ValueError, TypeError, EngineBusyError) as e:  # the request's own fault: nothing was queued
             request.sink(e)
+            return
+        except Exception as e:  # a bug: say so, fail this request only
+            log.exception("lmx engine: adding a request failed")
+            request.sink(EngineError(f"engine command failed: {type(e).__name__}: {e}"))
             return
         self._requests[request.seq.seq_id] = request
 
@@ -204,6 +270,10 @@ class AsyncEngine:
                 request.sink(EngineError(f"request failed: {type(e).__name__}: {e}"))
 
     def _publish_one(self, request: _Request, seq) -> None:
+        if seq.finish_reason == "error" and seq.error:  # this request's own sampling failed: a user error
+            self._requests.pop(seq.seq_id, None)
+            request.sink(ValueError(seq.error))
+            return
         if request.kind == "generate":
             delta = self._delta(request, seq)
             if delta is not None:

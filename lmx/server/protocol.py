@@ -10,9 +10,14 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmx.engine.config import (
+    LOGPROBS_MAX, MAX_NEW_TOKENS_MAX, REPETITION_PENALTY_RANGE, SEED_RANGE, TOP_K_MAX,
+)  # fmt: skip
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # NaN and infinities (JSON's NaN/Infinity, or 1e999) are refused: no sampling range can hold them.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StreamOptions(_Strict):
@@ -25,11 +30,12 @@ class _Sampling(_Strict):
     model: str | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1)  # vLLM's extra; 0 or -1: no top-k cut
-    repetition_penalty: float = Field(1.0, gt=0.0)  # vLLM's / LMDeploy's extra
+    top_k: int = Field(0, ge=-1, le=TOP_K_MAX)  # vLLM's extra; 0 or -1: no top-k cut
+    # vLLM's / LMDeploy's extra; 1 = off
+    repetition_penalty: float = Field(1.0, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
     stop: Union[str, list[str], None] = None
     stop_token_ids: list[int] | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])  # unsigned 64 bits
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)  # one choice per prompt
@@ -45,9 +51,9 @@ Prompt = Union[str, list[str], list[int], list[list[int]]]
 
 class CompletionRequest(_Sampling):
     prompt: Prompt
-    max_tokens: int | None = Field(16, ge=0)  # 0 only with echo: score the prompt, generate nothing
+    max_tokens: int | None = Field(16, ge=0, le=MAX_NEW_TOKENS_MAX)  # 0 only with echo: score the prompt
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: int | None = Field(None, ge=0, le=LOGPROBS_MAX)
     suffix: None = None
     best_of: int | None = Field(None, ge=1, le=1)
 
@@ -68,10 +74,10 @@ class ChatMessage(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_MAX)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_MAX)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=LOGPROBS_MAX)
 
 
 class PplRequest(_Strict):
