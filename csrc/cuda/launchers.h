@@ -1,0 +1,94 @@
+// Host entry points of the lmx CUDA kernels: plain pointers, strides and sizes, a stream; no torch types.
+// Defined (and explicitly instantiated for float, __half, __nv_bfloat16) in csrc/cuda/*_kernels.cu; called by the
+// torch glue csrc/cuda/ops_cuda.cpp and, under the host emulator, by the test module in tests/cuda/emu/.
+//
+// Inputs are validated by the glue (csrc/checks.h) except device-side values, which the kernels treat safely:
+// a slot outside [0, num_slots) is skipped, a block id outside [0, num_blocks) hides its keys, cu_seqlens and
+// seq_lens are clamped to what the tensors hold. Nothing out of range is ever read or written.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <driver_types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../rope_math.h"
+
+namespace lmx::cuda {
+
+// A [num_tokens, num_heads, head_dim] tensor whose last dim is contiguous:
+// element (t, h, d) is data[t * token_stride + h * head_stride + d].
+template <typename T>
+struct HeadsView {
+  T* data;
+  int64_t token_stride;
+  int64_t head_stride;
+  int num_heads;
+};
+
+// ---- rotary embedding (+ fused cache write) -------------------------------------------------------------------
+// Floats of workspace launch_rotary_embedding needs: one inverse-frequency table per sequence under dynamic NTK,
+// one in all otherwise.
+int64_t rotary_workspace_floats(const RopeParams& rope, int num_seqs);
+
+// Rotates query and key (key.data may be null) in place. With k_cache non-null also writes the rotated key and value
+// of token t to slot slot_mapping[t] of the caches [num_slots / block_size, block_size, Hkv, head_dim] (skipped when
+// the slot is outside [0, num_slots)).
+template <typename T>
+void launch_rotary_embedding(const RopeParams& rope, bool is_neox, bool precise, int64_t num_tokens, int head_dim,
+                             const int64_t* positions,      // [T]
+                             const int32_t* cu_seqlens,     // [B + 1] or null (one sequence)
+                             const int64_t* rope_seq_lens,  // [B] or null
+                             int num_seqs, float* workspace, HeadsView<T> query, HeadsView<T> key,
+                             HeadsView<const T> value, T* k_cache, T* v_cache, const int64_t* slot_mapping,
+                             int64_t num_slots, cudaStream_t stream);
+
+// ---- paged KV cache write -------------------------------------------------------------------------------------
+// Pairs (In, Cache): equal, or one of them float.
+template <typename In, typename Cache>
+void launch_reshape_and_cache(int64_t num_tokens, int head_dim, HeadsView<const In> key, HeadsView<const In> value,
+                              Cache* k_cache, Cache* v_cache, const int64_t* slot_mapping, int64_t num_slots,
+                              cudaStream_t stream);
+
+// ---- paged attention ------------------------------------------------------------------------------------------
+struct PagedAttentionArgs {
+  int64_t num_tokens;      // T: rows of query / out
+  int num_seqs;            // B
+  int num_q_heads;         // Hq
+  int num_kv_heads;        // Hkv, divides Hq
+  int head_dim;            // even, <= 256
+  int block_size;          // power of two, 1..256
+  int max_blocks_per_seq;  // columns of block_tables
+  int64_t num_blocks;      // cache blocks (dim 0 of the caches)
+  float scale;
+  int sliding_window;            // <= 0: none
+  const int32_t* block_tables;   // [B, max_blocks_per_seq]
+  const int32_t* seq_lens;       // [B]
+  const int32_t* cu_seqlens_q;   // [B + 1]
+  const float* alibi_slopes;     // [Hq] or null
+};
+
+// Decode kernel (any number of queries per sequence; one block per query token and group of query heads sharing a KV
+// head), split-K over the keys in partitions of `partition_size` (a multiple of 64), merged in fp32.
+// 0 means the default. The workspace (decode_workspace_bytes, may be 0) holds the fp32 partials.
+int decode_partition_size(const PagedAttentionArgs& a, int partition_size);
+int decode_num_splits(const PagedAttentionArgs& a, int partition_size);
+size_t decode_workspace_bytes(const PagedAttentionArgs& a, int partition_size);
+template <typename T>
+void launch_paged_attention_decode(const PagedAttentionArgs& a, HeadsView<T> out, HeadsView<const T> query,
+                                   const T* k_cache, const T* v_cache, void* workspace, int partition_size,
+                                   cudaStream_t stream);
+
+// Prefill / chunked-prefill kernel on CUDA cores: tiles of query rows (token, query head of one KV head) against
+// tiles of keys staged in shared memory, online softmax in fp32.
+template <typename T>
+void launch_paged_attention_prefill(const PagedAttentionArgs& a, HeadsView<T> out, HeadsView<const T> query,
+                                    const T* k_cache, const T* v_cache, cudaStream_t stream);
+
+// The glue's choice between the two (both are correct for every input): decode when there is about one query
+// per sequence.
+inline bool use_decode_kernel(const PagedAttentionArgs& a) { return a.num_tokens <= a.num_seqs; }
+
+}  // namespace lmx::cuda

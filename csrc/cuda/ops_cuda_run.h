@@ -1,0 +1,134 @@
+// The torch side of the CUDA ops after validation: dtype dispatch, kernel views of the tensors, workspaces, and the
+// launcher calls (csrc/cuda/launchers.h) on a given stream. Shared by the real glue (csrc/cuda/ops_cuda.cpp: checks,
+// device guard, current stream) and the emulated test module (tests/cuda/emu/module.cpp: the same checks and these
+// same functions on CPU tensors, kernels run by the host emulator), so the emulated tests cover this code too.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <type_traits>
+
+#include "../checks.h"
+#include "launchers.h"
+
+namespace lmx::cuda {
+
+// at:: scalar type -> the CUDA type of the same bits.
+template <typename T>
+struct CudaTypeOf {
+  using type = T;
+};
+template <>
+struct CudaTypeOf<at::Half> {
+  using type = __half;
+};
+template <>
+struct CudaTypeOf<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+static_assert(sizeof(__half) == sizeof(at::Half) && sizeof(__nv_bfloat16) == sizeof(at::BFloat16));
+
+template <typename T>
+HeadsView<T> heads_view(const at::Tensor& t) {
+  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), static_cast<int>(t.size(1))};
+}
+template <typename T>
+HeadsView<const T> heads_view_const(const at::Tensor& t) {
+  return {static_cast<const T*>(t.data_ptr()), t.stride(0), t.stride(1), static_cast<int>(t.size(1))};
+}
+
+// The caches are read two elements at a time: their data must be aligned to two elements.
+inline void check_pair_aligned(const char* op, const char* name, const at::Tensor& t) {
+  const auto addr = reinterpret_cast<uintptr_t>(t.data_ptr());
+  LMX_CHECK(addr % (2 * t.element_size()) == 0, name, ": expected data aligned to ", 2 * t.element_size(),
+            " bytes (two elements), got address ", t.data_ptr());
+}
+
+// k_cache == nullptr: rotary_embedding; otherwise rotary_embedding_and_cache.
+inline void run_rotary_embedding(const RopeInputs& in, at::Tensor& query, const std::optional<at::Tensor>& key,
+                                 const at::Tensor* value, at::Tensor* k_cache, at::Tensor* v_cache,
+                                 const at::Tensor* slot_mapping, const at::Tensor& positions, bool is_neox,
+                                 const std::optional<at::Tensor>& cu_seqlens,
+                                 const std::optional<at::Tensor>& rope_seq_lens, bool precise, cudaStream_t stream) {
+  const int64_t T = query.size(0);
+  if (T == 0) return;
+  at::Tensor workspace =
+      at::empty({rotary_workspace_floats(in.rope, static_cast<int>(in.num_seqs))}, query.options().dtype(at::kFloat));
+  LMX_DISPATCH_FLOAT(query.scalar_type(), "lmx_rotary_embedding_cuda", [&] {
+    using T_ = typename CudaTypeOf<scalar_t>::type;
+    const HeadsView<T_> k = key ? heads_view<T_>(*key) : HeadsView<T_>{nullptr, 0, 0, 0};
+    const HeadsView<const T_> v = value ? heads_view_const<T_>(*value) : HeadsView<const T_>{nullptr, 0, 0, 0};
+    launch_rotary_embedding<T_>(in.rope, is_neox, precise, T, static_cast<int>(query.size(2)),
+                                positions.data_ptr<int64_t>(), cu_seqlens ? cu_seqlens->data_ptr<int32_t>() : nullptr,
+                                rope_seq_lens ? rope_seq_lens->data_ptr<int64_t>() : nullptr,
+                                static_cast<int>(in.num_seqs), workspace.data_ptr<float>(), heads_view<T_>(query), k,
+                                v, k_cache ? static_cast<T_*>(k_cache->data_ptr()) : nullptr,
+                                v_cache ? static_cast<T_*>(v_cache->data_ptr()) : nullptr,
+                                slot_mapping ? slot_mapping->data_ptr<int64_t>() : nullptr,
+                                k_cache ? k_cache->size(0) * k_cache->size(1) : 0, stream);
+  });
+}
+
+inline void run_reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
+                                  at::Tensor& v_cache, const at::Tensor& slot_mapping, cudaStream_t stream) {
+  if (key.size(0) == 0) return;
+  const int64_t num_slots = k_cache.size(0) * k_cache.size(1);
+  LMX_DISPATCH_FLOAT(key.scalar_type(), "lmx_reshape_and_cache_cuda_in", [&] {
+    using In = typename CudaTypeOf<scalar_t>::type;
+    LMX_DISPATCH_FLOAT(k_cache.scalar_type(), "lmx_reshape_and_cache_cuda_cache", [&] {
+      using Cache = typename CudaTypeOf<scalar_t>::type;
+      if constexpr (std::is_same_v<In, Cache> || std::is_same_v<In, float> || std::is_same_v<Cache, float>) {
+        launch_reshape_and_cache<In, Cache>(key.size(0), static_cast<int>(key.size(2)), heads_view_const<In>(key),
+                                            heads_view_const<In>(value), static_cast<Cache*>(k_cache.data_ptr()),
+                                            static_cast<Cache*>(v_cache.data_ptr()), slot_mapping.data_ptr<int64_t>(),
+                                            num_slots, stream);
+      }
+    });
+  });
+}
+
+enum class AttentionKernel { kAuto, kDecode, kPrefill };
+
+// partition_size: decode split size in keys (0: the default); tests make it small to cross many splits.
+inline void run_paged_attention(const AttentionShape& s, at::Tensor& out, const at::Tensor& query,
+                                const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& block_tables,
+                                const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
+                                const std::optional<at::Tensor>& alibi_slopes, AttentionKernel kernel,
+                                int partition_size, cudaStream_t stream) {
+  const char* op = "paged_attention";
+  if (s.num_tokens == 0 || s.num_seqs == 0) return;
+  check_pair_aligned(op, "k_cache", k_cache);
+  check_pair_aligned(op, "v_cache", v_cache);
+  PagedAttentionArgs a;
+  a.num_tokens = s.num_tokens;
+  a.num_seqs = static_cast<int>(s.num_seqs);
+  a.num_q_heads = static_cast<int>(s.num_q_heads);
+  a.num_kv_heads = static_cast<int>(s.num_kv_heads);
+  a.head_dim = static_cast<int>(s.head_dim);
+  a.block_size = static_cast<int>(s.block_size);
+  a.max_blocks_per_seq = static_cast<int>(s.max_blocks_per_seq);
+  a.num_blocks = s.num_blocks;
+  a.scale = s.scale;
+  a.sliding_window = s.sliding_window > 0 ? static_cast<int>(std::min<int64_t>(s.sliding_window, INT32_MAX)) : -1;
+  a.block_tables = block_tables.data_ptr<int32_t>();
+  a.seq_lens = seq_lens.data_ptr<int32_t>();
+  a.cu_seqlens_q = cu_seqlens_q.data_ptr<int32_t>();
+  a.alibi_slopes = alibi_slopes ? alibi_slopes->data_ptr<float>() : nullptr;
+  const bool decode = kernel == AttentionKernel::kDecode || (kernel == AttentionKernel::kAuto && use_decode_kernel(a));
+  LMX_DISPATCH_FLOAT(query.scalar_type(), "lmx_paged_attention_cuda", [&] {
+    using T_ = typename CudaTypeOf<scalar_t>::type;
+    const T_* kc = static_cast<const T_*>(k_cache.data_ptr());
+    const T_* vc = static_cast<const T_*>(v_cache.data_ptr());
+    if (decode) {
+      const size_t bytes = decode_workspace_bytes(a, partition_size);
+      at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, query.options().dtype(at::kByte));
+      launch_paged_attention_decode<T_>(a, heads_view<T_>(out), heads_view_const<T_>(query), kc, vc,
+                                        bytes ? workspace.data_ptr() : nullptr, partition_size, stream);
+    } else {
+      launch_paged_attention_prefill<T_>(a, heads_view<T_>(out), heads_view_const<T_>(query), kc, vc, stream);
+    }
+  });
+}
+
+}  // namespace lmx::cuda

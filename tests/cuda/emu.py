@@ -1,0 +1,93 @@
+"""The emulated CUDA kernels (test-only module ``lmx_cuda_emu``, built by ``make cuda-emu`` into build/cuda-emu).
+
+Wrappers with the signatures of ``lmx.ops`` run torch.ops.lmx_emu.* on CPU tensors: the kernels of csrc/cuda run
+under the host emulator, behind the same checks and torch-side code as the real CUDA ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_DIR = Path(os.environ.get("LMX_CUDA_EMU_DIR", ROOT / "build" / "cuda-emu"))
+
+# Thread schedules (name, seed): lanes near lockstep, warps one after the other (both orders), and shuffled.
+SCHEDULES = [("rr", 0), ("warp", 0), ("warp-rev", 0), ("rr", 1234), ("warp", 77)]
+SCHEDULE_IDS = [f"{s}-{seed}" if seed else s for s, seed in SCHEDULES]
+
+
+def load():
+    """The module, or a skip (a failure when LMX_REQUIRE_CUDA_EMU=1, as `make cuda-emu` sets)."""
+    if str(BUILD_DIR) not in sys.path:
+        sys.path.insert(0, str(BUILD_DIR))
+    try:
+        return importlib.import_module("lmx_cuda_emu")
+    except ImportError as e:
+        if os.environ.get("LMX_REQUIRE_CUDA_EMU") == "1":
+            raise
+        pytest.skip(f"emulated CUDA kernels not built ({e}); run `make cuda-emu`")
+
+
+_mod = None
+
+
+def module():
+    global _mod
+    if _mod is None:
+        _mod = load()
+    return _mod
+
+
+def configure(schedule: str, seed: int = 0) -> None:
+    module().configure(schedule, seed, 2)
+
+
+@contextlib.contextmanager
+def schedule(name: str, seed: int = 0):
+    configure(name, seed)
+    try:
+        yield
+    finally:
+        configure("rr", 0)
+
+
+def pick_schedule(*key) -> tuple[str, int]:
+    """A schedule for one case of a large grid: every schedule is used across the grid, deterministically."""
+    text = "/".join(str(k) for k in key)
+    return SCHEDULES[sum(ord(c) * (i + 1) for i, c in enumerate(text)) % len(SCHEDULES)]
+
+
+def rotary_embedding(query, key, positions, rope, *, cu_seqlens=None, rope_seq_lens=None, precise=False):
+    module()
+    torch.ops.lmx_emu.rotary_embedding(query, key, positions, rope.rotary_dim, rope.is_neox, rope.packed, cu_seqlens,
+                                       rope_seq_lens, precise)
+
+
+def rotary_embedding_and_cache(query, key, value, k_cache, v_cache, slot_mapping, positions, rope, *, cu_seqlens=None,
+                               rope_seq_lens=None, precise=False):
+    module()
+    torch.ops.lmx_emu.rotary_embedding_and_cache(query, key, value, k_cache, v_cache, slot_mapping, positions,
+                                                 rope.rotary_dim, rope.is_neox, rope.packed, cu_seqlens,
+                                                 rope_seq_lens, precise)
+
+
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+    module()
+    torch.ops.lmx_emu.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, *, alibi_slopes=None,
+                    sliding_window=-1, out=None, kernel="auto", partition_size=0):
+    module()
+    if out is None:
+        out = query.new_empty(query.shape)
+    torch.ops.lmx_emu.paged_attention(out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, float(scale),
+                                      alibi_slopes, int(sliding_window), kernel, int(partition_size))
+    return out

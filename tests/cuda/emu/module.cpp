@@ -1,0 +1,91 @@
+// Test-only module lmx_cuda_emu: the CUDA kernels of csrc/cuda/*_kernels.cu, compiled by the host C++ compiler with
+// the emulator (csrc/cuda/emu/cuda_host_emu.h), registered for CPU tensors as torch.ops.lmx_emu.*. Each op runs the
+// same checks (csrc/checks.h) and the same torch-side code (csrc/cuda/ops_cuda_run.h) as the real CUDA glue;
+// only the device guard and the stream differ (no stream here).
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cuda/emu/cuda_host_emu.h"
+#include "cuda/ops_cuda_run.h"
+
+namespace {
+
+using namespace lmx;
+
+void rotary_embedding(at::Tensor& query, const std::optional<at::Tensor>& key, const at::Tensor& positions,
+                      int64_t rotary_dim, bool is_neox, c10::ArrayRef<double> rope_params,
+                      const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& rope_seq_lens,
+                      bool precise) {
+  const RopeInputs in = check_rotary_embedding("rotary_embedding", query, key, positions, rotary_dim, rope_params,
+                                               cu_seqlens, rope_seq_lens);
+  cuda::run_rotary_embedding(in, query, key, nullptr, nullptr, nullptr, nullptr, positions, is_neox, cu_seqlens,
+                             rope_seq_lens, precise, nullptr);
+}
+
+void rotary_embedding_and_cache(at::Tensor& query, at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
+                                at::Tensor& v_cache, const at::Tensor& slot_mapping, const at::Tensor& positions,
+                                int64_t rotary_dim, bool is_neox, c10::ArrayRef<double> rope_params,
+                                const std::optional<at::Tensor>& cu_seqlens,
+                                const std::optional<at::Tensor>& rope_seq_lens, bool precise) {
+  const RopeInputs in =
+      check_rotary_embedding_and_cache("rotary_embedding_and_cache", query, key, value, k_cache, v_cache,
+                                       slot_mapping, positions, rotary_dim, rope_params, cu_seqlens, rope_seq_lens);
+  cuda::run_rotary_embedding(in, query, key, &value, &k_cache, &v_cache, &slot_mapping, positions, is_neox,
+                             cu_seqlens, rope_seq_lens, precise, nullptr);
+}
+
+void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
+                       const at::Tensor& slot_mapping) {
+  check_reshape_and_cache("reshape_and_cache", key, value, k_cache, v_cache, slot_mapping);
+  cuda::run_reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, nullptr);
+}
+
+// The op of lmx plus two test knobs: kernel ("auto", "decode", "prefill") and the decode partition size.
+void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                     const at::Tensor& block_tables, const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
+                     double scale, const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window,
+                     c10::string_view kernel, int64_t partition_size) {
+  const AttentionShape s = check_paged_attention("paged_attention", out, query, k_cache, v_cache, block_tables,
+                                                 seq_lens, cu_seqlens_q, scale, alibi_slopes, sliding_window);
+  const std::string k(kernel);
+  TORCH_CHECK_VALUE(k == "auto" || k == "decode" || k == "prefill", "kernel: expected auto, decode or prefill, got ", k);
+  const auto which = k == "decode"    ? cuda::AttentionKernel::kDecode
+                     : k == "prefill" ? cuda::AttentionKernel::kPrefill
+                                      : cuda::AttentionKernel::kAuto;
+  cuda::run_paged_attention(s, out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, alibi_slopes,
+                            which, static_cast<int>(partition_size), nullptr);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lmx_emu, m) {
+  m.def(
+      "rotary_embedding(Tensor(a!) query, Tensor(b!)? key, Tensor positions, int rotary_dim, bool is_neox, "
+      "float[] rope_params, Tensor? cu_seqlens, Tensor? rope_seq_lens, bool precise) -> ()");
+  m.def(
+      "rotary_embedding_and_cache(Tensor(a!) query, Tensor(b!) key, Tensor value, Tensor(c!) k_cache, "
+      "Tensor(d!) v_cache, Tensor slot_mapping, Tensor positions, int rotary_dim, bool is_neox, float[] rope_params, "
+      "Tensor? cu_seqlens, Tensor? rope_seq_lens, bool precise) -> ()");
+  m.def(
+      "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
+  m.def(
+      "paged_attention(Tensor(a!) out, Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+      "Tensor seq_lens, Tensor cu_seqlens_q, float scale, Tensor? alibi_slopes, int sliding_window, "
+      "str kernel, int partition_size) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(lmx_emu, CPU, m) {
+  m.impl("rotary_embedding", &rotary_embedding);
+  m.impl("rotary_embedding_and_cache", &rotary_embedding_and_cache);
+  m.impl("reshape_and_cache", &reshape_and_cache);
+  m.impl("paged_attention", &paged_attention);
+}
+
+PYBIND11_MODULE(lmx_cuda_emu, m) {
+  m.doc() = "lmx CUDA kernels under the host emulator (test-only): torch.ops.lmx_emu.* on CPU tensors";
+  m.def("configure", &lmx_emu::configure, pybind11::arg("schedule"), pybind11::arg("seed") = 0,
+        pybind11::arg("threads") = 0, "Thread schedule (rr, warp, warp-rev), shuffle seed, OS threads for blocks.");
+  m.def("blocks_run", [] { return lmx_emu::g_blocks_run.load(); }, "Thread blocks run since the module loaded.");
+}

@@ -1,0 +1,166 @@
+"""Emulated CUDA paged attention (decode kernel with split-K, prefill kernel) against a float64 softmax(QKᵀ)V.
+
+Tolerance as in tests/test_attention.py (FlashAttention's rule): the kernel's error against float64 is at most
+twice the error of the same computation done by PyTorch in the kernel's dtype, plus a floor. Unused cache slots
+hold NaN, so a kernel that reads anything it should not fails.
+"""
+
+import pytest
+import torch
+
+from lmx import reference
+
+from ..helpers import make_paged_batch
+from . import emu
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+HEAD_DIMS = [16, 32, 64, 80, 96, 112, 128, 160, 192, 256]
+GQA_RATIOS = [1, 4, 8]
+BLOCK_SIZES = [1, 16, 256]
+KERNELS = ["decode", "prefill"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module():
+    emu.module()
+
+
+def _check(query, k_cache, v_cache, block_tables, seq_lens, cu, kernel="auto", partition_size=0, **kwargs):
+    scale = query.shape[-1] ** -0.5
+    out = emu.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, kernel=kernel,
+                              partition_size=partition_size, **kwargs)
+    assert out.dtype == query.dtype and out.shape == query.shape
+    exact = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
+    same_dtype = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale,
+                                           compute_dtype=torch.float32 if query.dtype == torch.float32 else query.dtype,
+                                           **kwargs)
+    err = (out.double() - exact).abs().max().item()
+    pt_err = (same_dtype.double() - exact).abs().max().item()
+    floor = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[query.dtype]
+    assert torch.isfinite(out).all()
+    assert err <= 2 * pt_err + floor, f"{kernel}: error {err:.3g} vs PyTorch same-dtype error {pt_err:.3g}"
+    return out
+
+
+# fp16 on a subset of head dims: PyTorch's fp16 CPU reference (the tolerance's yardstick) is slow.
+MIXED_GRID = [(dt, d) for dt in DTYPES for d in HEAD_DIMS if dt != torch.float16 or d in (16, 96, 256)]
+
+
+@pytest.mark.parametrize("dtype,head_dim", MIXED_GRID)
+@pytest.mark.parametrize("gqa", GQA_RATIOS)
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_mixed_batch(dtype, head_dim, gqa, block_size):
+    """A decode, a whole prefill and a chunk at the end of a 300-token sequence in one call (the prefill kernel);
+    lengths cross block boundaries."""
+    seq_lens = [block_size + 1, 3 * block_size - 1 if block_size > 1 else 37, 300]
+    query_lens = [1, seq_lens[1], 45]
+    batch = make_paged_batch(seq_lens, query_lens, 2 * gqa, 2, head_dim, block_size, dtype)
+    with emu.schedule(*emu.pick_schedule(dtype, head_dim, gqa, block_size)):
+        _check(*batch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("gqa", GQA_RATIOS)
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_decode_batch(dtype, head_dim, gqa, block_size):
+    """One query per sequence (the decode kernel); 128-key partitions, so the longer sequences are split and merged."""
+    seq_lens = [1, block_size + 1, 3 * block_size - 1 if block_size > 1 else 37, 300]
+    batch = make_paged_batch(seq_lens, [1] * len(seq_lens), 2 * gqa, 2, head_dim, block_size, dtype)
+    with emu.schedule(*emu.pick_schedule(dtype, head_dim, gqa, block_size, "decode")):
+        _check(*batch, partition_size=128)
+
+
+@pytest.mark.parametrize("sched", emu.SCHEDULES, ids=emu.SCHEDULE_IDS)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("gqa", GQA_RATIOS)
+def test_both_kernels_under_every_schedule(sched, kernel, gqa):
+    batch = make_paged_batch([17, 70, 150], [1, 70, 20], 2 * gqa, 2, 80, 16, torch.float32)
+    with emu.schedule(*sched):
+        _check(*batch, kernel=kernel, partition_size=64)
+
+
+@pytest.mark.parametrize("sched", emu.SCHEDULES[:3], ids=emu.SCHEDULE_IDS[:3])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("gqa", GQA_RATIOS)
+@pytest.mark.parametrize("window", [1, 16, 100])
+def test_sliding_window(sched, kernel, gqa, window):
+    with emu.schedule(*sched):
+        _check(*make_paged_batch([130, 90], [1, 90], 2 * gqa, 2, 64, 16, torch.float32), kernel=kernel,
+               partition_size=64, sliding_window=window)
+
+
+@pytest.mark.parametrize("sched", emu.SCHEDULES[:3], ids=emu.SCHEDULE_IDS[:3])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("gqa", GQA_RATIOS)
+def test_alibi(sched, kernel, gqa):
+    slopes = torch.tensor([2 ** (-8 * (h + 1) / (2 * gqa)) for h in range(2 * gqa)], dtype=torch.float32)
+    with emu.schedule(*sched):
+        _check(*make_paged_batch([70, 33], [70, 4], 2 * gqa, 2, 64, 16, torch.float32), kernel=kernel,
+               partition_size=64, alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("partition_size", [0, 64, 320])
+def test_long_decode_uses_splits(dtype, partition_size):
+    """5,000 keys: 10 default partitions (512), or 79 / 16 small ones, merged in fp32."""
+    _check(*make_paged_batch([5000], [1], 8, 1, 128, 16, dtype), partition_size=partition_size)
+
+
+@pytest.mark.parametrize("heads", [(9, 3), (12, 1), (6, 6), (14, 2)])
+def test_decode_batch_of_many_lengths(heads):
+    """Groups of 3, 12, 1 and 7 query heads per KV head: partial head chunks of the decode blocks."""
+    seq_lens = [1, 2, 15, 16, 17, 255, 256, 257, 1000, 3]
+    _check(*make_paged_batch(seq_lens, [1] * len(seq_lens), *heads, 64, 16, torch.float32), partition_size=256)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_chunked_prefill_equals_one_prefill(kernel):
+    q, kc, vc, bt, _, _ = make_paged_batch([200], [200], 4, 2, 64, 16, torch.float32)
+    scale = 64**-0.5
+    whole = emu.paged_attention(q, kc, vc, bt, torch.tensor([200], dtype=torch.int32),
+                                torch.tensor([0, 200], dtype=torch.int32), scale, kernel=kernel)
+    for start, end in [(0, 64), (64, 65), (65, 200)]:
+        part = emu.paged_attention(q[start:end].contiguous(), kc, vc, bt, torch.tensor([end], dtype=torch.int32),
+                                   torch.tensor([0, end - start], dtype=torch.int32), scale, kernel=kernel)
+        torch.testing.assert_close(part, whole[start:end], atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sequence_without_queries_is_ignored(kernel):
+    _check(*make_paged_batch([40, 50, 20], [0, 3, 0], 4, 2, 64, 16, torch.float32), kernel=kernel)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_strided_query_and_out(kernel):
+    q, kc, vc, bt, sl, cu = make_paged_batch([33], [33], 4, 2, 64, 16, torch.float32)
+    wide = torch.randn(33, 8, 64)
+    wide[:, :4] = q
+    out = torch.zeros(33, 8, 64)
+    emu.paged_attention(wide[:, :4], kc, vc, bt, sl, cu, 0.125, out=out[:, 2:6], kernel=kernel)
+    expected = reference.paged_attention(q, kc, vc, bt, sl, cu, 0.125)
+    torch.testing.assert_close(out[:, 2:6].double(), expected, atol=1e-5, rtol=1e-5)
+    assert (out[:, :2] == 0).all() and (out[:, 6:] == 0).all()
+
+
+def test_auto_picks_decode_for_one_query_per_sequence():
+    """The auto choice and the forced kernels agree, bit for bit where auto picked the same kernel."""
+    batch = make_paged_batch([300, 40], [1, 1], 8, 2, 64, 16, torch.float32)
+    scale = 0.125
+    auto = emu.paged_attention(*batch, scale)
+    decode = emu.paged_attention(*batch, scale, kernel="decode")
+    assert torch.equal(auto, decode)
+
+
+def test_large_head_dim_prefill_needs_opt_in_shared_memory():
+    """head_dim 256: the prefill kernel's tiles exceed 48 KiB of shared memory; the launcher raises the limit (the
+    emulator refuses a launch over 48 KiB without cudaFuncSetAttribute, as the GPU does)."""
+    _check(*make_paged_batch([40], [40], 2, 1, 256, 16, torch.float32), kernel="prefill")
+
+
+def test_bad_arguments_raise_the_ops_errors():
+    q, kc, vc, bt, sl, cu = make_paged_batch([10], [10], 4, 2, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match="lmx.paged_attention: seq_lens"):
+        emu.paged_attention(q, kc, vc, bt, torch.tensor([1000], dtype=torch.int32), cu, 0.1)
+    with pytest.raises(ValueError, match="kernel"):
+        emu.paged_attention(q, kc, vc, bt, sl, cu, 0.1, kernel="tensor-core")

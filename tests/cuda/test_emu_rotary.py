@@ -1,0 +1,146 @@
+"""Emulated CUDA rotary embedding against lmx.reference: every scaling type, both layouts, every head dim and
+dtype, partial rotary, per-sequence dynamic base, positions past 1M, precise angles; under several schedules."""
+
+import math
+
+import pytest
+import torch
+
+from lmx import reference
+from lmx.rope import RopeConfig
+
+from . import emu
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+HEAD_DIMS = [16, 32, 64, 80, 96, 112, 128, 160, 192, 256]
+SCALINGS = {
+    "default": dict(),
+    "linear": dict(factor=4.0),
+    "dynamic": dict(factor=2.0),
+    "yarn": dict(factor=4.0, original_max_position_embeddings=256),
+    "llama3": dict(factor=8.0, original_max_position_embeddings=256, low_freq_factor=1.0, high_freq_factor=4.0),
+}
+MAX_POS = 256
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module():
+    emu.module()
+
+
+def _rope(head_dim, scaling, **kw):
+    return RopeConfig(rotary_dim=kw.pop("rotary_dim", head_dim), base=kw.pop("base", 10000.0), scaling_type=scaling,
+                      max_position_embeddings=MAX_POS, **SCALINGS[scaling], **kw)
+
+
+def _tol(dtype):
+    # bf16 / fp16: the kernel rounds once; allow one ulp of the reference's own rounding.
+    return {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+            torch.float16: dict(atol=2e-3, rtol=2e-3)}[dtype]
+
+
+def _check(rope, q, k, positions, **kwargs):
+    q_ref, k_ref = q.clone(), None if k is None else k.clone()
+    reference.rotary_embedding(q_ref, k_ref, positions, rope, **kwargs)
+    emu.rotary_embedding(q, k, positions, rope, **kwargs)
+    torch.testing.assert_close(q, q_ref, **_tol(q.dtype))
+    if k is not None:
+        torch.testing.assert_close(k, k_ref, **_tol(k.dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("scaling", list(SCALINGS))
+@pytest.mark.parametrize("is_neox", [True, False])
+def test_matches_reference(dtype, head_dim, scaling, is_neox):
+    T, num_kv_heads = 40, 2
+    rope = _rope(head_dim, scaling, is_neox=is_neox)
+    q = torch.randn(T, num_kv_heads * 4, head_dim, dtype=dtype)
+    k = torch.randn(T, num_kv_heads, head_dim, dtype=dtype)
+    positions = torch.randint(0, 4 * MAX_POS, (T,))
+    with emu.schedule(*emu.pick_schedule(dtype, head_dim, scaling, is_neox)):
+        _check(rope, q, k, positions)
+
+
+@pytest.mark.parametrize("sched", emu.SCHEDULES, ids=emu.SCHEDULE_IDS)
+@pytest.mark.parametrize("rotary_dim", [16, 32])
+@pytest.mark.parametrize("is_neox", [True, False])
+def test_partial_rotary_leaves_the_rest(sched, rotary_dim, is_neox):
+    rope = _rope(64, "default", rotary_dim=rotary_dim, is_neox=is_neox)
+    q = torch.randn(9, 4, 64)
+    q0 = q.clone()
+    with emu.schedule(*sched):
+        _check(rope, q, None, torch.arange(9) * 7)
+    assert torch.equal(q[..., rotary_dim:], q0[..., rotary_dim:])
+
+
+@pytest.mark.parametrize("precise", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_positions_past_one_million(precise, dtype):
+    rope = _rope(128, "default", base=500000.0)
+    positions = torch.tensor([0, 1, 2**20, 2**20 + 1, 2**21 - 1, 2**21, 3_000_017, 2**24 + 3])
+    q = torch.randn(len(positions), 8, 128, dtype=dtype)
+    k = torch.randn(len(positions), 2, 128, dtype=dtype)
+    _check(rope, q, k, positions, precise=precise)
+
+
+def test_precise_mode_is_exact_where_fp32_is_not():
+    rope = _rope(64, "default")
+    pos = torch.tensor([2**21 + 1])
+    x = torch.zeros(1, 1, 64)
+    x[..., :32] = 1.0  # (1, 0) pairs: after rotation they hold (cos, sin) of each angle
+    precise, fast = x.clone(), x.clone()
+    emu.rotary_embedding(precise, None, pos, rope, precise=True)
+    emu.rotary_embedding(fast, None, pos, rope, precise=False)
+    exact = torch.cos(pos.double() * reference.inv_freq(rope).double())
+    assert (precise[0, 0, :32].double() - exact).abs().max() < 1e-6
+    assert (fast[0, 0, :32].double() - exact).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("sched", emu.SCHEDULES, ids=emu.SCHEDULE_IDS)
+@pytest.mark.parametrize("gqa", [1, 4, 8])
+def test_dynamic_base_is_per_sequence(sched, gqa):
+    """Three packed sequences, each with its own dynamic-NTK base; without rope_seq_lens the kernel takes each
+    sequence's max(position) + 1 (a block reduction over 700 positions)."""
+    rope = _rope(64, "dynamic")
+    lens = [5, 700, 300]
+    cu = torch.tensor([0, 5, 705, 1005], dtype=torch.int32)
+    positions = torch.cat([torch.arange(n) for n in lens])
+    q = torch.randn(sum(lens), 2 * gqa, 64)
+    k = torch.randn(sum(lens), 2, 64)
+    with emu.schedule(*sched):
+        _check(rope, q.clone(), k.clone(), positions, cu_seqlens=cu, rope_seq_lens=torch.tensor([5, 1024, 300]))
+        _check(rope, q.clone(), k.clone(), positions, cu_seqlens=cu)
+        shuffled = positions[torch.randperm(len(positions))]  # the max is not the last position
+        _check(rope, q.clone(), k.clone(), shuffled, cu_seqlens=cu)
+
+
+def test_strided_query_and_key():
+    """query / key as slices of a fused qkv (token and head strides free)."""
+    T, Hq, Hkv, D = 11, 4, 2, 64
+    qkv = torch.randn(T, Hq + 2 * Hkv, D)
+    q, k = qkv[:, :Hq], qkv[:, Hq : Hq + Hkv]
+    v_before = qkv[:, Hq + Hkv :].clone()
+    q_ref, k_ref = q.clone(), k.clone()
+    rope = _rope(D, "yarn")
+    positions = torch.arange(T) * 13
+    reference.rotary_embedding(q_ref, k_ref, positions, rope)
+    emu.rotary_embedding(q, k, positions, rope)
+    torch.testing.assert_close(q, q_ref, **_tol(torch.float32))
+    torch.testing.assert_close(k, k_ref, **_tol(torch.float32))
+    assert torch.equal(qkv[:, Hq + Hkv :], v_before)
+
+
+def test_bad_arguments_raise_the_ops_errors():
+    rope = _rope(64, "default")
+    q = torch.randn(3, 4, 64)
+    with pytest.raises(ValueError, match="lmx.rotary_embedding: positions"):
+        emu.rotary_embedding(q, None, torch.tensor([0, -1, 2]), rope)
+    with pytest.raises(TypeError, match="lmx.rotary_embedding: query"):
+        emu.rotary_embedding(q.double(), None, torch.arange(3), rope)
+
+
+def test_dynamic_base_formula_matches():
+    rope = _rope(64, "dynamic")
+    L = 4 * MAX_POS
+    assert math.isclose(rope.dynamic_base(L), 10000.0 * ((2.0 * L / MAX_POS) - 1.0) ** (64 / 62), rel_tol=1e-15)
