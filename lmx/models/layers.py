@@ -6,6 +6,8 @@ Models compute in the weights' dtype and call ``lmx.ops`` for RoPE, the KV-cache
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import operator
 from typing import Any, Mapping
 
 import torch
@@ -13,6 +15,11 @@ import torch.nn.functional as F
 
 from lmx import ops
 from lmx.rope import RopeConfig
+
+
+# The head sizes the paged-attention kernels are compiled for (kHeadDims in csrc/checks.h; a test keeps the two
+# equal), checked when a model's config is read so a bad model fails at load time, not at its first request.
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 80, 96, 112, 128, 160, 192, 256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,32 +56,52 @@ class ModelConfig:
                 raise ValueError(f"config: {architecture} needs the field {key!r}, which is missing")
             return config[key]
 
-        hidden_size, num_heads = int(need("hidden_size")), int(need("num_attention_heads"))
-        need("max_position_embeddings")
+        def positive(key: str, value: Any = None) -> int:
+            value = need(key) if value is None else value
+            try:
+                number = operator.index(value)  # ints, numpy ints from GGUF metadata; never bools or floats
+            except TypeError:
+                number = None
+            if isinstance(value, bool) or number is None or number < 1:
+                raise ValueError(f"config: {key}: expected a positive integer, got {value!r}")
+            return number
+
+        hidden_size, num_heads = positive("hidden_size"), positive("num_attention_heads")
+        vocab_size, intermediate_size = positive("vocab_size"), positive("intermediate_size")
+        num_layers, max_positions = positive("num_hidden_layers"), positive("max_position_embeddings")
         if hidden_size % num_heads and not config.get("head_dim"):
             raise ValueError(f"config: hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}")
-        num_kv_heads = int(config.get("num_key_value_heads") or num_heads)
+        num_kv_heads = positive("num_key_value_heads", config.get("num_key_value_heads") or num_heads)
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"config: num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads "
                 f"({num_kv_heads})"
             )
+        head_dim = positive("head_dim", config.get("head_dim") or hidden_size // num_heads)
+        if head_dim not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"config: head_dim: the attention kernels support {list(SUPPORTED_HEAD_DIMS)}, "
+                             f"got {head_dim}")  # fmt: skip
+        window = config.get("sliding_window")
+        if window is not None and (isinstance(window, bool) or not hasattr(window, "__index__") or window < 0):
+            raise ValueError(f"config: sliding_window: expected a positive integer or null, got {window!r}")
+        eps = config.get("rms_norm_eps", 1e-6)
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < 1:
+            raise ValueError(f"config: rms_norm_eps: expected a small positive number, got {eps!r}")
         act = config.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"config: hidden_act: lmx supports 'silu', got {act!r}")
-        window = config.get("sliding_window")
         use_window = config.get("use_sliding_window", True) and window  # Qwen2 ships a window it does not use
         return cls(
             architecture=architecture,
-            vocab_size=int(need("vocab_size")),
+            vocab_size=vocab_size,
             hidden_size=hidden_size,
-            intermediate_size=int(need("intermediate_size")),
-            num_layers=int(need("num_hidden_layers")),
+            intermediate_size=intermediate_size,
+            num_layers=num_layers,
             num_heads=num_heads,
             num_kv_heads=num_kv_heads,
-            head_dim=int(config.get("head_dim") or hidden_size // num_heads),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(config["max_position_embeddings"]),
+            head_dim=head_dim,
+            rms_norm_eps=float(eps),
+            max_position_embeddings=max_positions,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             attention_bias=bool(config.get("attention_bias", False) if attention_bias is None else attention_bias),
             sliding_window=int(window) if use_window else -1,

@@ -79,6 +79,9 @@ def test_generation_config_validation(kwargs, match):
         (dict(device="tpu"), r"device: expected one of"),
         (dict(max_prefill_token_num=0), r"max_prefill_token_num: expected an int >= 1"),
         (dict(rope_scaling_factor=-2.0), r"rope_scaling_factor: expected >= 0"),
+        (dict(rope_scaling_factor=float("inf")), r"rope_scaling_factor: expected a finite number, got inf"),
+        (dict(rope_scaling_factor=float("nan")), r"rope_scaling_factor: expected a finite number, got nan"),
+        (dict(max_queued_requests=0), r"max_queued_requests: expected an int >= 1, got 0"),
         (dict(rope_scaling="dynamic"), r"rope_scaling: expected a dict or None, got str"),
     ],
 )
@@ -109,6 +112,49 @@ def test_config_missing_field(model_dir, tmp_path, field):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=rf"config: .*{field}"):
         pipeline(tmp_path / "m", engine_config=fp32_engine_config())
+
+
+BAD_CONFIG_VALUES = [
+    ("num_attention_heads", 0, r"config: num_attention_heads: expected a positive integer, got 0"),
+    ("num_attention_heads", -4, r"config: num_attention_heads: expected a positive integer, got -4"),
+    ("vocab_size", -1, r"config: vocab_size: expected a positive integer, got -1"),
+    ("hidden_size", "256", r"config: hidden_size: expected a positive integer, got '256'"),
+    ("num_hidden_layers", 1.5, r"config: num_hidden_layers: expected a positive integer, got 1.5"),
+    ("num_key_value_heads", -2, r"config: num_key_value_heads: expected a positive integer, got -2"),
+    ("head_dim", 48, r"config: head_dim: the attention kernels support \[16, 32, 64, .*\], got 48"),
+    ("head_dim", -64, r"config: head_dim: expected a positive integer, got -64"),
+    ("sliding_window", -1, r"config: sliding_window: expected a positive integer or null, got -1"),
+    ("rms_norm_eps", -1e-6, r"config: rms_norm_eps: expected a small positive number, got -1e-06"),
+]
+
+
+@pytest.mark.parametrize("field, value, match", BAD_CONFIG_VALUES, ids=[f"{f}={v}" for f, v, _ in BAD_CONFIG_VALUES])
+def test_bad_config_values_are_refused_at_load_time(model_dir, tmp_path, field, value, match):
+    shutil.copytree(model_dir, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config[field] = value
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=match):
+        pipeline(tmp_path / "m", engine_config=fp32_engine_config())
+
+
+def test_supported_head_dims_are_the_kernels(monkeypatch):
+    """``SUPPORTED_HEAD_DIMS`` (checked at load time) is exactly what paged attention accepts."""
+    import torch
+
+    from lmx import ops
+    from lmx.models.layers import SUPPORTED_HEAD_DIMS
+
+    def runs(head_dim: int) -> bool:
+        q, cache = torch.randn(1, 1, head_dim), torch.randn(1, 16, 1, head_dim)
+        try:
+            ops.paged_attention(q, cache, cache.clone(), torch.zeros(1, 1, dtype=torch.int32),
+                                torch.tensor([1], dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32), 0.1)  # fmt: skip
+        except (RuntimeError, ValueError):
+            return False
+        return True
+
+    assert [d for d in range(8, 264, 8) if runs(d)] == list(SUPPORTED_HEAD_DIMS)
 
 
 def test_config_not_json(model_dir, tmp_path):
