@@ -344,9 +344,17 @@ void check_slots(const char* op, const at::Tensor& slot_mapping, int64_t num_tok
   if (!slot_mapping.device().is_cpu()) return;
   const int64_t capacity = k_cache.size(0) * k_cache.size(1);
   const int64_t* s = slot_mapping.data_ptr<int64_t>();
-  for (int64_t t = 0; t < num_tokens; ++t)
+  std::vector<std::pair<int64_t, int64_t>> used;  // (slot, token): two tokens in one slot would race
+  used.reserve(num_tokens);
+  for (int64_t t = 0; t < num_tokens; ++t) {
     LMX_CHECK(s[t] < capacity, "slot_mapping[", t, "]: expected a slot < num_blocks * block_size = ", capacity,
               " (or negative to skip), got ", s[t]);
+    if (s[t] >= 0) used.emplace_back(s[t], t);
+  }
+  std::sort(used.begin(), used.end());
+  for (size_t i = 1; i < used.size(); ++i)
+    LMX_CHECK(used[i].first != used[i - 1].first, "slot_mapping: expected distinct slots, got slot ", used[i].first,
+              " for tokens ", used[i - 1].second, " and ", used[i].second);
 }
 
 }  // namespace
@@ -472,6 +480,11 @@ AttentionShape check_paged_attention(const char* op, const at::Tensor& out, cons
 
   const int64_t block_size = k_cache.size(1), num_blocks = k_cache.size(0);
   if (device.is_cpu()) {
+    if (alibi_slopes) {
+      const float* slopes = alibi_slopes->data_ptr<float>();
+      for (int64_t h = 0; h < Hq; ++h)
+        LMX_CHECK(std::isfinite(slopes[h]), "alibi_slopes[", h, "]: expected a finite value, got ", slopes[h]);
+    }
     const int32_t* lens = seq_lens.data_ptr<int32_t>();
     const int32_t* cu = cu_seqlens_q.data_ptr<int32_t>();
     const int32_t* table = block_tables.data_ptr<int32_t>();

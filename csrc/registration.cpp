@@ -22,12 +22,18 @@ TORCH_LIBRARY(lmx, m) {
       "Tensor seq_lens, Tensor cu_seqlens_q, float scale, Tensor? alibi_slopes, int sliding_window) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(lmx, CPU, m) {
-  m.impl("rotary_embedding", &lmx::rotary_embedding_cpu);
-  m.impl("rotary_embedding_and_cache", &lmx::rotary_embedding_and_cache_cpu);
-  m.impl("reshape_and_cache", &lmx::reshape_and_cache_cpu);
-  m.impl("paged_attention", &lmx::paged_attention_cpu);
-}
+// Sparse CPU tensors go to the same functions, whose first check names the argument and its layout (instead of
+// the dispatcher's "could not run ... with arguments from the 'SparseCPU' backend").
+#define LMX_REGISTER_CPU(key)                                                        \
+  TORCH_LIBRARY_IMPL(lmx, key, m) {                                                  \
+    m.impl("rotary_embedding", &lmx::rotary_embedding_cpu);                          \
+    m.impl("rotary_embedding_and_cache", &lmx::rotary_embedding_and_cache_cpu);      \
+    m.impl("reshape_and_cache", &lmx::reshape_and_cache_cpu);                        \
+    m.impl("paged_attention", &lmx::paged_attention_cpu);                            \
+  }
+LMX_REGISTER_CPU(CPU)
+LMX_REGISTER_CPU(SparseCPU)
+LMX_REGISTER_CPU(SparseCsrCPU)
 
 #ifndef LMX_WITH_CUDA
 namespace lmx {

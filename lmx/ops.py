@@ -36,13 +36,32 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-def _fake_in_place(*args, **kwargs) -> None:
-    """Every lmx op writes into tensors it is given and returns nothing, so its fake implementation does nothing."""
-    return None
+def _fake_in_place(name: str):
+    """Every lmx op writes into tensors it is given and returns nothing, so its fake implementation only checks
+    that the tensors share a device: the dispatcher also routes here a call that mixes ``meta`` tensors with real
+    ones, which must fail as the kernels' own device check does rather than do nothing."""
+    arg_names = [a.name for a in getattr(_ops, name).default._schema.arguments]
+
+    def fake(*args, **kwargs) -> None:
+        device = None
+        for arg, value in [*zip(arg_names, args), *kwargs.items()]:
+            if not isinstance(value, torch.Tensor):
+                continue
+            if device is None:
+                device = value.device
+            elif value.device != device:
+                raise ValueError(
+                    f"lmx.{name}: {arg}: expected a tensor on {device} (the device of the first tensor), "
+                    f"got {value.device}"
+                )
+        return None
+
+    return fake
 
 
-for _name in ("rotary_embedding", "reshape_and_cache", "rotary_embedding_and_cache", "paged_attention"):
-    torch.library.register_fake(f"lmx::{_name}")(_fake_in_place)
+OP_NAMES = ("rotary_embedding", "reshape_and_cache", "rotary_embedding_and_cache", "paged_attention")
+for _name in OP_NAMES:
+    torch.library.register_fake(f"lmx::{_name}")(_fake_in_place(_name))
 
 
 def rotary_embedding(

@@ -21,6 +21,22 @@ SCALING_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 _SCALING_CODE = {name: i for i, name in enumerate(SCALING_TYPES)}
 
 
+# Numeric fields that must be finite (None allowed where the field is optional).
+_FLOAT_FIELDS = (
+    "base",
+    "factor",
+    "max_position_embeddings",
+    "original_max_position_embeddings",
+    "low_freq_factor",
+    "high_freq_factor",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
+    "attention_factor",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
     """Rotary position embedding of one model.
@@ -60,12 +76,18 @@ class RopeConfig:
             raise ValueError(f"rotary_dim: expected a positive even int, got {self.rotary_dim!r}")
         if self.scaling_type not in _SCALING_CODE:
             raise ValueError(f"scaling_type: expected one of {SCALING_TYPES}, got {self.scaling_type!r}")
+        for field in _FLOAT_FIELDS:
+            value = getattr(self, field)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"{field}: expected a finite number, got {value!r}")
         if not (self.base > 1.0):
             raise ValueError(f"base: expected rope_theta > 1, got {self.base!r}")
         if self.scaling_type != "default" and not (self.factor > 0):
             raise ValueError(f"factor: expected > 0 for scaling_type={self.scaling_type!r}, got {self.factor!r}")
         if self.scaling_type == "dynamic" and self.factor < 1.0:
             raise ValueError(f"factor: dynamic NTK needs factor >= 1, got {self.factor!r}")
+        if self.scaling_type == "dynamic" and self.rotary_dim <= 2:  # the base's exponent is d / (d - 2)
+            raise ValueError(f"rotary_dim: dynamic NTK needs rotary_dim > 2, got {self.rotary_dim!r}")
         if self.max_position_embeddings <= 0:
             raise ValueError(f"max_position_embeddings: expected > 0, got {self.max_position_embeddings!r}")
         if self.scaling_type in ("yarn", "llama3") and not self.original_max_position_embeddings:
@@ -73,6 +95,16 @@ class RopeConfig:
                 f"original_max_position_embeddings: required for scaling_type={self.scaling_type!r}, got "
                 f"{self.original_max_position_embeddings!r}"
             )
+        if self.original_max_position_embeddings is not None and self.original_max_position_embeddings <= 0:
+            raise ValueError(
+                f"original_max_position_embeddings: expected > 0, got {self.original_max_position_embeddings!r}"
+            )
+        if self.scaling_type == "yarn":
+            for field in ("beta_fast", "beta_slow"):
+                if not getattr(self, field) > 0:
+                    raise ValueError(f"{field}: expected > 0 for scaling_type='yarn', got {getattr(self, field)!r}")
+        if self.scaling_type == "llama3" and not self.low_freq_factor > 0:
+            raise ValueError(f"low_freq_factor: expected > 0, got {self.low_freq_factor!r}")
         if self.scaling_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
             raise ValueError(
                 f"high_freq_factor: expected > low_freq_factor ({self.low_freq_factor}), got {self.high_freq_factor}"
@@ -101,7 +133,10 @@ class RopeConfig:
             return self.base
         d = self.rotary_dim
         ratio = self.factor * seq_len / self.max_position_embeddings - (self.factor - 1)
-        return self.base * ratio ** (d / (d - 2))
+        try:
+            return self.base * ratio ** (d / (d - 2))
+        except OverflowError:  # an astronomically long sequence: the kernels' double pow gives inf too
+            return math.inf
 
     @functools.cached_property
     def packed(self) -> list[float]:

@@ -12,6 +12,7 @@
 // key range is split (flash-decoding) and the partial (m, l, acc) states are merged in fp32 afterwards. Memory is
 // O(rows × kKeyTile) per thread: no [T, T] buffer ever exists.
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <atomic>
@@ -246,6 +247,7 @@ class PagedAttention {
             tiles.push_back({b, h, 1, q0, qn, key_begin, last_pos + 1, -1, cost});
       }
     }
+    if (tiles.empty()) return;  // no sequence has queries
     // Split the key range when the items alone cannot keep every thread busy.
     const int64_t threads = at::get_num_threads();
     int64_t splits = 1;
@@ -478,6 +480,8 @@ class PagedAttention {
 template <typename scalar_t>
 void paged_attention(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,
                      const scalar_t* k_cache, const scalar_t* v_cache) {
+  // The glue's checks guarantee this; the work split divides by both.
+  TORCH_INTERNAL_ASSERT(p.num_kv_heads >= 1 && p.num_q_heads >= p.num_kv_heads && p.num_q_heads % p.num_kv_heads == 0);
   PagedAttention<scalar_t>(p, out, query, k_cache, v_cache).run();
 }
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -70,9 +71,10 @@ void rotary_embedding(const RopeParams& rope, bool is_neox, bool precise, int64_
       int64_t seq_len = 0;
       if (rope_seq_lens != nullptr) {
         seq_len = rope_seq_lens[b];
-      } else {  // transformers' rule: max(position_ids) + 1
+      } else {  // transformers' rule: max(position_ids) + 1 (saturating: a position may be INT64_MAX)
         const int64_t begin = cu_seqlens ? cu_seqlens[b] : 0, end = cu_seqlens ? cu_seqlens[b + 1] : num_tokens;
-        for (int64_t t = begin; t < end; ++t) seq_len = std::max(seq_len, positions[t] + 1);
+        for (int64_t t = begin; t < end; ++t) seq_len = std::max(seq_len, positions[t]);
+        if (seq_len < std::numeric_limits<int64_t>::max()) ++seq_len;
       }
       base = dynamic_ntk_base(rope, seq_len);
     }
