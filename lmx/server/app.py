@@ -198,6 +198,8 @@ def create_app(pipe, *, model_name: str, api_key: str | None = None, limits: Ser
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, e: Exception):
+        while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:  # a TaskGroup's one failure
+            e = e.exceptions[0]
         return error_response(500, f"internal error: {type(e).__name__}: {e}", None, None, "internal_error")
 
     app.get("/health")(server.health)
