@@ -26,9 +26,17 @@ __all__ = [
     "rotary_embedding_and_cache",
     "paged_attention",
     "build_info",
+    "rope_param_fields",
 ]
 
 _ops = torch.ops.lmx
+_ROPE_PARAM_FIELDS = tuple(_C.rope_param_fields())
+
+
+def rope_param_fields() -> tuple[str, ...]:
+    """Names of the values of the ops' ``rope_params`` list, in the order the C++ reads them (one table in
+    ``csrc/checks.cpp`` drives both); ``RopeConfig.packed`` is built by name from it."""
+    return _ROPE_PARAM_FIELDS
 
 
 def build_info() -> dict:

@@ -3,7 +3,9 @@
 One frozen dataclass, ``RopeConfig``, carries every scaling type that Hugging Face transformers implements in
 ``modeling_rope_utils.py`` and that lmx supports (``default``, ``linear``, ``dynamic``, ``yarn``, ``llama3``).
 It is built from a transformers config (either spelling: legacy ``rope_scaling`` + ``rope_theta`` or the newer
-``rope_parameters``) or by hand, and it packs itself into the flat parameter list the C++ op takes.
+``rope_parameters``) or by hand, and it packs itself into the flat parameter list the C++ op takes, by the field
+names the extension exports (``lmx.ops.rope_param_fields()``). It also holds the one rule for which length sets a
+sequence's base (``rope_seq_len``, ``rope_seq_len_runs``), so the engine never looks at the scaling type.
 
 The arithmetic itself lives in one place, ``csrc/rope_math.h``, shared by the CPU and CUDA kernels; the pure-PyTorch
 reference (``lmx.reference``) mirrors it line by line.
@@ -127,6 +129,49 @@ class RopeConfig:
             return get_mscale(self.factor, self.mscale) / get_mscale(self.factor, self.mscale_all_dim)
         return get_mscale(self.factor)
 
+    @property
+    def base_depends_on_length(self) -> bool:
+        """Whether a sequence's length changes its base (dynamic NTK): then the ops need each sequence's
+        ``rope_seq_len``."""
+        return self.scaling_type == "dynamic"
+
+    @property
+    def context_len(self) -> int:
+        """Tokens this position encoding is configured to reach: ``max_position_embeddings``, times ``factor`` under
+        dynamic NTK (the one scaling that stretches a model past its trained context at run time; configs of the
+        others already state the extended length)."""
+        if self.base_depends_on_length:
+            return int(self.max_position_embeddings * self.factor)
+        return int(self.max_position_embeddings)
+
+    @staticmethod
+    def rope_seq_len(prompt_len: int, position: int) -> int:
+        """The length that sets the base of the token at ``position`` of a sequence with a ``prompt_len``-token
+        prompt (DESIGN §3, hf mode): the prompt length for every prompt token, also when the prompt is prefilled
+        in chunks; ``position + 1`` for a generated token, also when a preempted sequence recomputes it."""
+        return prompt_len if position < prompt_len else position + 1
+
+    def rope_seq_len_runs(self, prompt_len: int, start: int, end: int) -> list[tuple[int, int]]:
+        """``(num_tokens, rope_seq_len)`` runs covering positions ``start..end-1`` of one sequence, each run one
+        base: what the ops' ``cu_seqlens`` / ``rope_seq_lens`` take for that stretch of tokens.
+
+        Runs that share a base are merged: without dynamic scaling, or at lengths up to
+        ``max_position_embeddings``, every length gives the unscaled base.
+        """
+        if end <= prompt_len:
+            return [(end - start, prompt_len)]
+        if end - start == 1:
+            return [(1, self.rope_seq_len(prompt_len, start))]
+        runs: list[list[int]] = []  # [num_tokens, rope_seq_len, base key]
+        for p in range(start, end):
+            seq_len = self.rope_seq_len(prompt_len, p)
+            key = seq_len if self.base_depends_on_length and seq_len > self.max_position_embeddings else 0
+            if runs and runs[-1][2] == key:
+                runs[-1][0] += 1
+            else:
+                runs.append([1, seq_len, key])
+        return [(n, seq_len) for n, seq_len, _ in runs]
+
     def dynamic_base(self, seq_len: int) -> float:
         """The dynamic-NTK base for a sequence of ``seq_len`` tokens (DESIGN §3); ``base`` for other types."""
         if self.scaling_type != "dynamic" or seq_len <= self.max_position_embeddings:
@@ -138,23 +183,37 @@ class RopeConfig:
         except OverflowError:  # an astronomically long sequence: the kernels' double pow gives inf too
             return math.inf
 
+    def param_values(self) -> dict[str, float]:
+        """The values of the ops' ``rope_params``, by the field names of ``csrc/checks.cpp: kRopeFields``."""
+        return {
+            "scaling_type": float(_SCALING_CODE[self.scaling_type]),
+            "base": float(self.base),
+            "factor": float(self.factor),
+            "max_position_embeddings": float(self.max_position_embeddings),
+            "original_max_position_embeddings": float(
+                self.original_max_position_embeddings or self.max_position_embeddings
+            ),
+            "low_freq_factor": float(self.low_freq_factor),
+            "high_freq_factor": float(self.high_freq_factor),
+            "beta_fast": float(self.beta_fast),
+            "beta_slow": float(self.beta_slow),
+            "attention_factor": float(self.yarn_attention_factor),
+            "truncate": 1.0 if self.truncate else 0.0,
+        }
+
     @functools.cached_property
     def packed(self) -> list[float]:
-        """The flat parameter list of the C++ op, in the order of ``csrc/rope_math.h: RopeParams`` (computed once:
+        """``param_values()`` in the order the C++ op reads them, ``lmx.ops.rope_param_fields()`` (computed once:
         the ops read it on every call)."""
-        return [
-            float(_SCALING_CODE[self.scaling_type]),
-            float(self.base),
-            float(self.factor),
-            float(self.max_position_embeddings),
-            float(self.original_max_position_embeddings or self.max_position_embeddings),
-            float(self.low_freq_factor),
-            float(self.high_freq_factor),
-            float(self.beta_fast),
-            float(self.beta_slow),
-            float(self.yarn_attention_factor),
-            1.0 if self.truncate else 0.0,
-        ]
+        from .ops import rope_param_fields  # the extension; lmx.rope itself imports without it
+
+        values = self.param_values()
+        fields = rope_param_fields()
+        if set(fields) != set(values):
+            raise RuntimeError(
+                f"lmx._C and lmx.rope disagree on the RoPE parameters: C++ {sorted(fields)}, Python {sorted(values)}"
+            )
+        return [values[name] for name in fields]
 
     # -- construction --------------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lmx import ops, reference
+from lmx import _C, ops, reference
 from lmx.rope import RopeConfig
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -199,3 +199,46 @@ def test_dynamic_decode_matches_transformers_step_by_step():
         q = x.clone()
         ops.rotary_embedding(q, None, torch.tensor([p]), rope, rope_seq_lens=torch.tensor([p + 1]))
         torch.testing.assert_close(q, q_hf[0].transpose(0, 1), atol=1e-5 + 2.0 ** -22 * p * 4, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the RoPE contract between Python and C++
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_rope_param_fields_match_cpp():
+    """RopeConfig names every value the C++ reads, and packs them in the C++ order (lmx._C.rope_param_fields)."""
+    fields = ops.rope_param_fields()
+    assert fields == _C.rope_param_fields()
+    for scaling in SCALINGS:
+        rope = _rope(64, scaling, base=500000.0)
+        values = rope.param_values()
+        assert sorted(values) == sorted(fields) and len(fields) == len(set(fields))
+        assert rope.packed == [values[name] for name in fields]
+    packed = dict(zip(fields, _rope(64, "yarn", beta_fast=16.0).packed))
+    assert packed["base"] == 10000.0 and packed["beta_fast"] == 16.0 and packed["scaling_type"] == 3.0
+    assert packed["original_max_position_embeddings"] == 256.0
+
+
+@pytest.mark.parametrize("scaling", ["default", "dynamic"])
+def test_rope_seq_len_runs(scaling):
+    """Each run of tokens shares one base, and every token gets the base of its hf-mode length (DESIGN §3)."""
+    rope = _rope(64, scaling)
+    rng = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        prompt_len = int(torch.randint(1, 3 * MAX_POS, (1,), generator=rng))
+        start = int(torch.randint(0, prompt_len + 2 * MAX_POS, (1,), generator=rng))
+        end = start + int(torch.randint(1, 2 * MAX_POS, (1,), generator=rng))
+        runs = rope.rope_seq_len_runs(prompt_len, start, end)
+        assert sum(n for n, _ in runs) == end - start and all(n > 0 for n, _ in runs)
+        bases = [rope.dynamic_base(seq_len) for n, seq_len in runs for _ in range(n)]
+        assert bases == [rope.dynamic_base(rope.rope_seq_len(prompt_len, p)) for p in range(start, end)]
+        assert all(rope.dynamic_base(a) != rope.dynamic_base(b) for (_, a), (_, b) in zip(runs, runs[1:]))
+    assert rope.rope_seq_len_runs(10, 0, 4) == [(4, 10)]  # a prefill chunk uses the whole prompt's length
+    assert rope.rope_seq_len_runs(10, 12, 13) == [(1, 13)]  # decode at position 12
+    if scaling == "default":
+        assert rope.rope_seq_len_runs(10, 5, 400) == [(395, 10)]  # one base throughout
+        assert not rope.base_depends_on_length and rope.context_len == MAX_POS
+    else:
+        assert rope.rope_seq_len_runs(300, 250, 303) == [(50, 300), (1, 301), (1, 302), (1, 303)]
+        assert rope.base_depends_on_length and rope.context_len == 2 * MAX_POS

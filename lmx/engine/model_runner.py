@@ -118,7 +118,7 @@ class ModelRunner:
                 slots.append(table[start // bs] * bs + start % bs)
             else:
                 slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            for seg_len, seg_rope_len in self._rope_segments(seq, start, end):
+            for seg_len, seg_rope_len in self.rope.rope_seq_len_runs(seq.num_prompt_tokens, start, end):
                 rope_cu.append(rope_cu[-1] + seg_len)
                 rope_lens.append(seg_rope_len)
             seq_lens.append(end)
@@ -136,26 +136,3 @@ class ModelRunner:
             cu_seqlens_q=torch.tensor(cu_q, dtype=torch.int32, device=dev),
         )
         return torch.tensor(input_ids, dtype=torch.int64, device=dev), ctx
-
-    def _rope_segments(self, seq: Sequence, start: int, end: int) -> list[tuple[int, int]]:
-        """``(num_tokens, rope_seq_len)`` runs covering positions ``start..end-1`` of ``seq`` (DESIGN §3, hf mode).
-
-        Prompt tokens use the prompt length; a generated token at position ``p`` uses ``p + 1``, also when a
-        preempted sequence recomputes it. Runs that share a base are merged: with no dynamic scaling, or below
-        ``max_position_embeddings``, every length gives the unscaled base.
-        """
-        prompt_len = seq.num_prompt_tokens
-        if end <= prompt_len:
-            return [(end - start, prompt_len)]
-        if end - start == 1:
-            return [(1, end)]  # a decode step: position end - 1
-        limit = self.rope.max_position_embeddings if self.rope.scaling_type == "dynamic" else None
-        segments: list[list[int]] = []  # [num_tokens, rope_seq_len, merge key]
-        for p in range(start, end):
-            rope_len = prompt_len if p < prompt_len else p + 1
-            key = 0 if limit is None or rope_len <= limit else rope_len
-            if segments and segments[-1][2] == key:
-                segments[-1][0] += 1
-            else:
-                segments.append([1, rope_len, key])
-        return [(n, rope_len) for n, rope_len, _ in segments]
