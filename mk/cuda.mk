@@ -1,0 +1,77 @@
+# CUDA checks that need no GPU (included by the Makefile; PY / VENV / STAMP come from it).
+#   make cuda-check   nvcc compiles every csrc/cuda/*_kernels.cu for sm_80 and sm_90a; fails on register spills
+#                     over the budget (tests/cuda/ptxas_check.py: 0 bytes, prefill 16 bytes)
+#   make cuda-emu     the same .cu files built by the host compiler with the emulator (build/cuda-emu): the C++
+#                     harness under AddressSanitizer and under _FORTIFY_SOURCE, then pytest tests/cuda (every op
+#                     against lmx.reference under several thread schedules)
+#   make cuda-link    the whole extension with LMX_CUDA=1 against the CUDA build of torch in its own virtualenv
+#                     (cached outside the checkout), built in build/cuda-link, imported with no GPU
+#   make cuda-ci      all three
+
+CUDA_HOME_DIR   ?= /usr/local/cuda-13.0
+NVCC            ?= $(CUDA_HOME_DIR)/bin/nvcc
+CUDA_ARCHS      ?= 8.0;9.0a
+CUDA_TORCH      ?= torch==2.14.1
+LMX_CUDA_VENV   ?= $(HOME)/.cache/lmx/torch-cuda-2.14.1
+CUDA_EMU_BUILD  ?= build/cuda-emu
+CUDA_LINK_BUILD ?= build/cuda-link
+CUDA_JOBS       ?= 2
+# Disk the CUDA torch virtualenv needs to be created (it is ~5.6 GB).
+CUDA_VENV_MIN_KB ?= 8000000
+
+CUDA_KERNEL_SOURCES := $(wildcard csrc/cuda/*_kernels.cu)
+
+.PHONY: cuda-check cuda-emu cuda-emu-build cuda-link cuda-ci
+
+cuda-check:
+	@test -x $(NVCC) || { echo "cuda-check: no nvcc at $(NVCC) (set CUDA_HOME_DIR)"; exit 1; }
+	python3 tests/cuda/ptxas_check.py --nvcc $(NVCC) $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),--arch $(a)) \
+		--jobs $(CUDA_JOBS) $(CUDA_KERNEL_SOURCES)
+
+cuda-emu-build: $(STAMP)
+	@test -f $(CUDA_HOME_DIR)/include/cuda_fp16.h || { echo "cuda-emu: no cuda_fp16.h in $(CUDA_HOME_DIR)/include"; exit 1; }
+	cmake -S tests/cuda/emu -B $(CUDA_EMU_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+		-DPython_EXECUTABLE=$(abspath $(PY)) -DLMX_CUDA_INCLUDE=$(CUDA_HOME_DIR)/include \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch;print(torch.utils.cmake_prefix_path)');$$($(PY) -c 'import pybind11;print(pybind11.get_cmake_dir())')" \
+		> $(CUDA_EMU_BUILD).configure.log 2>&1 || { cat $(CUDA_EMU_BUILD).configure.log; exit 1; }
+	cmake --build $(CUDA_EMU_BUILD) -j $(CUDA_JOBS)
+
+cuda-emu: cuda-emu-build
+	@ASAN_OPTIONS=detect_leaks=0 $(CUDA_EMU_BUILD)/emu_asan_harness > $(CUDA_EMU_BUILD)/asan.log 2>&1; rc=$$?; \
+		grep -v "ASan doesn't fully support makecontext" $(CUDA_EMU_BUILD)/asan.log; exit $$rc
+	$(CUDA_EMU_BUILD)/emu_fortify_harness
+	LMX_REQUIRE_CUDA_EMU=1 LMX_CUDA_EMU_DIR=$(abspath $(CUDA_EMU_BUILD)) $(PY) -m pytest tests/cuda -q -p no:cacheprovider
+
+# The virtualenv with the CUDA torch: created when missing (into a temporary folder, renamed when complete).
+$(LMX_CUDA_VENV)/.lmx-cuda-venv:
+	@if $(LMX_CUDA_VENV)/bin/python -c "import torch, pybind11, cmake, ninja; assert torch.version.cuda" 2>/dev/null; then \
+		touch $@; \
+	else \
+		rm -rf $(LMX_CUDA_VENV).tmp && python3 -m venv $(LMX_CUDA_VENV).tmp && \
+		$(LMX_CUDA_VENV).tmp/bin/python -m pip install -q $(CUDA_TORCH) setuptools wheel "cmake>=3.18" ninja "pybind11>=2.12" numpy && \
+		rm -rf $(LMX_CUDA_VENV) && mv $(LMX_CUDA_VENV).tmp $(LMX_CUDA_VENV) && touch $@; \
+	fi
+
+cuda-link:
+	@mkdir -p $(dir $(LMX_CUDA_VENV)); \
+	if [ ! -e $(LMX_CUDA_VENV)/.lmx-cuda-venv ] && ! $(LMX_CUDA_VENV)/bin/python -c "import torch; assert torch.version.cuda" 2>/dev/null \
+		&& [ $$(df -Pk $(dir $(LMX_CUDA_VENV)) | awk 'NR==2{print $$4}') -lt $(CUDA_VENV_MIN_KB) ]; then \
+		echo "cuda-link: SKIPPED: under $$(($(CUDA_VENV_MIN_KB)/1000000)) GB free for the CUDA torch virtualenv at $(LMX_CUDA_VENV)"; \
+	else \
+		$(MAKE) --no-print-directory cuda-link-build; \
+	fi
+
+.PHONY: cuda-link-build
+cuda-link-build: $(LMX_CUDA_VENV)/.lmx-cuda-venv
+	CUDA_PATH=$(CUDA_HOME_DIR) CUDACXX=$(NVCC) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
+	cmake -S . -B $(CUDA_LINK_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DLMX_CUDA=1 \
+		-DPython_EXECUTABLE=$(LMX_CUDA_VENV)/bin/python \
+		-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME_DIR) -DCMAKE_CUDA_COMPILER=$(NVCC) \
+		-DLMX_OUTPUT_DIR=$(abspath $(CUDA_LINK_BUILD))/out \
+		-DCMAKE_PREFIX_PATH="$$($(LMX_CUDA_VENV)/bin/python -c 'import torch;print(torch.utils.cmake_prefix_path)');$$($(LMX_CUDA_VENV)/bin/python -c 'import pybind11;print(pybind11.get_cmake_dir())')" \
+		> $(CUDA_LINK_BUILD).configure.log 2>&1 || { tail -40 $(CUDA_LINK_BUILD).configure.log; exit 1; }
+	@grep -E "lmx: " $(CUDA_LINK_BUILD).configure.log
+	CUDA_PATH=$(CUDA_HOME_DIR) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" cmake --build $(CUDA_LINK_BUILD) -j $(CUDA_JOBS)
+	$(LMX_CUDA_VENV)/bin/python tests/cuda/link_check.py $(CUDA_LINK_BUILD)/out
+
+cuda-ci: cuda-check cuda-emu cuda-link

@@ -1,0 +1,227 @@
+// The emulated CUDA kernels on plain heap arrays of exactly the right size, built with -fsanitize=address (and a
+// second time with _FORTIFY_SOURCE): any read or write out of bounds aborts with the line. Device-side values that
+// the host never checks for CUDA tensors are fed in out of range on purpose (slots past the cache, negative and
+// too-large block ids, seq_lens past the block table, decreasing cu_seqlens) and must be skipped or clamped.
+// Valid cases are also compared with a float64 reference. Runs every case under the rr, warp and warp-rev schedules.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/launchers.h"
+#include "cuda/emu/cuda_host_emu.h"
+
+using namespace lmx::cuda;
+
+namespace {
+
+int failures = 0;
+std::mt19937 rng(1);
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    std::printf("FAIL: %s\n", what.c_str());
+    ++failures;
+  }
+}
+
+std::vector<float> randn(size_t n) {
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// Paged batch: caches filled with NaN, then the keys of each sequence scattered into its blocks.
+struct Batch {
+  int B, Hq, Hkv, D, bs, max_blocks, num_blocks;
+  std::vector<int32_t> table, seq_lens, cu;
+  std::vector<float> q, kc, vc;
+  int64_t T() const { return cu.back(); }
+};
+
+Batch make_batch(std::vector<int> lens, std::vector<int> qlens, int Hq, int Hkv, int D, int bs) {
+  Batch b{static_cast<int>(lens.size()), Hq, Hkv, D, bs, 0, 0, {}, {}, {0}, {}, {}, {}};
+  for (int L : lens) b.max_blocks = std::max(b.max_blocks, (L + bs - 1) / bs);
+  b.num_blocks = b.B * b.max_blocks + 2;
+  b.kc.assign(static_cast<size_t>(b.num_blocks) * bs * Hkv * D, NAN);
+  b.vc = b.kc;
+  b.table.assign(static_cast<size_t>(b.B) * b.max_blocks, -1);
+  int next = 1;
+  for (int s = 0; s < b.B; ++s) {
+    for (int i = 0; i < (lens[s] + bs - 1) / bs; ++i) b.table[s * b.max_blocks + i] = next++;
+    for (int j = 0; j < lens[s]; ++j) {
+      const int64_t slot = static_cast<int64_t>(b.table[s * b.max_blocks + j / bs]) * bs + j % bs;
+      auto k = randn(Hkv * D), v = randn(Hkv * D);
+      std::copy(k.begin(), k.end(), b.kc.begin() + slot * Hkv * D);
+      std::copy(v.begin(), v.end(), b.vc.begin() + slot * Hkv * D);
+    }
+    b.seq_lens.push_back(lens[s]);
+    b.cu.push_back(b.cu.back() + qlens[s]);
+  }
+  b.q = randn(static_cast<size_t>(b.T()) * Hq * D);
+  return b;
+}
+
+PagedAttentionArgs args_of(const Batch& b, int window = -1, const float* alibi = nullptr) {
+  PagedAttentionArgs a;
+  a.num_tokens = b.T();
+  a.num_seqs = b.B;
+  a.num_q_heads = b.Hq;
+  a.num_kv_heads = b.Hkv;
+  a.head_dim = b.D;
+  a.block_size = b.bs;
+  a.max_blocks_per_seq = b.max_blocks;
+  a.num_blocks = b.num_blocks;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(b.D));
+  a.sliding_window = window;
+  a.block_tables = b.table.data();
+  a.seq_lens = b.seq_lens.data();
+  a.cu_seqlens_q = b.cu.data();
+  a.alibi_slopes = alibi;
+  return a;
+}
+
+// float64 attention of the valid batch.
+std::vector<double> reference(const Batch& b, int window) {
+  std::vector<double> out(static_cast<size_t>(b.T()) * b.Hq * b.D, 0.0);
+  const int G = b.Hq / b.Hkv;
+  for (int s = 0; s < b.B; ++s) {
+    const int n = b.cu[s + 1] - b.cu[s], L = b.seq_lens[s];
+    for (int i = 0; i < n; ++i)
+      for (int h = 0; h < b.Hq; ++h) {
+        const int p = L - n + i, kvh = h / G;
+        const int lo = window > 0 ? std::max(0, p - window + 1) : 0;
+        std::vector<double> w;
+        double mx = -INFINITY;
+        for (int j = lo; j <= p; ++j) {
+          const int64_t slot = static_cast<int64_t>(b.table[s * b.max_blocks + j / b.bs]) * b.bs + j % b.bs;
+          double dot = 0;
+          for (int d = 0; d < b.D; ++d)
+            dot += double(b.q[((b.cu[s] + i) * b.Hq + h) * b.D + d]) * b.kc[(slot * b.Hkv + kvh) * b.D + d];
+          w.push_back(dot / std::sqrt(double(b.D)));
+          mx = std::max(mx, w.back());
+        }
+        double sum = 0;
+        for (auto& x : w) sum += (x = std::exp(x - mx));
+        for (int j = lo; j <= p; ++j) {
+          const int64_t slot = static_cast<int64_t>(b.table[s * b.max_blocks + j / b.bs]) * b.bs + j % b.bs;
+          for (int d = 0; d < b.D; ++d)
+            out[((b.cu[s] + i) * b.Hq + h) * b.D + d] += w[j - lo] / sum * b.vc[(slot * b.Hkv + kvh) * b.D + d];
+        }
+      }
+  }
+  return out;
+}
+
+std::vector<float> attend(const Batch& b, bool decode, int window, int partition) {
+  const PagedAttentionArgs a = args_of(b, window);
+  std::vector<float> out(static_cast<size_t>(b.T()) * b.Hq * b.D, 0.f);
+  const HeadsView<float> o{out.data(), int64_t(b.Hq) * b.D, b.D, b.Hq};
+  const HeadsView<const float> q{b.q.data(), int64_t(b.Hq) * b.D, b.D, b.Hq};
+  if (decode) {
+    std::vector<unsigned char> ws(decode_workspace_bytes(a, partition));
+    launch_paged_attention_decode<float>(a, o, q, b.kc.data(), b.vc.data(), ws.empty() ? nullptr : ws.data(),
+                                         partition, nullptr);
+  } else {
+    launch_paged_attention_prefill<float>(a, o, q, b.kc.data(), b.vc.data(), nullptr);
+  }
+  return out;
+}
+
+void attention_cases(const char* sched) {
+  for (bool decode : {true, false}) {
+    const std::string k = std::string(decode ? "decode" : "prefill") + " " + sched;
+    // Valid: compared with float64.
+    for (int window : {-1, 7}) {
+      Batch b = make_batch({37, 1, 130}, {1, 1, decode ? 1 : 20}, 8, 2, 80, 16);
+      const auto out = attend(b, decode, window, 64);
+      const auto ref = reference(b, window);
+      double err = 0;
+      for (size_t i = 0; i < out.size(); ++i) err = std::max(err, std::fabs(out[i] - ref[i]));
+      expect(err < 1e-5, k + ": max error " + std::to_string(err) + " (window " + std::to_string(window) + ")");
+    }
+    // Invalid device-side values: nothing out of bounds, every output finite.
+    Batch b = make_batch({40, 20, 33}, {1, 2, 3}, 4, 2, 64, 16);
+    b.kc = randn(b.kc.size());  // finite everywhere: seq_lens past the written keys read (in-bounds) slots
+    b.vc = randn(b.vc.size());
+    b.table[0] = -5;                         // negative block id
+    b.table[1] = b.num_blocks + 3;           // block id past the cache
+    b.seq_lens[1] = 1 << 20;                 // longer than the block table holds
+    b.seq_lens[2] = 1;                       // fewer keys than queries
+    auto out = attend(b, decode, -1, 64);
+    bool finite = true;
+    for (float x : out) finite = finite && std::isfinite(x);
+    expect(finite, k + ": bad block ids / seq_lens give finite outputs");
+    Batch c = b;
+    c.cu = {0, 5, 2, 6};                     // decreasing (T stays 6 for the buffers)
+    out = attend(c, decode, -1, 64);
+    finite = true;
+    for (float x : out) finite = finite && std::isfinite(x);
+    expect(finite, k + ": decreasing cu_seqlens_q give finite outputs");
+  }
+}
+
+void rotary_and_cache_cases(const char* sched) {
+  const int T = 9, Hq = 4, Hkv = 2, D = 64, bs = 4, nblocks = 3, slots = nblocks * bs;
+  lmx::RopeParams rope{lmx::RopeScaling::kDynamic, 10000.0, 2.0, 8.0, 8.0, 1.0, 4.0, 32.0, 1.0, 1.0, true, 48};
+  std::vector<int64_t> positions = {0, 1, 2, 3, 100, 101, 102, 5000000, 7};
+  std::vector<int32_t> cu = {0, 4, 9};
+  std::vector<int64_t> slot_mapping = {0, -1, slots, slots + 1000, 5, 11, INT64_MAX, -7, 3};
+  auto q = randn(T * Hq * D), k = randn(T * Hkv * D), v = randn(T * Hkv * D);
+  const auto q0 = q, k0 = k;
+  std::vector<float> kc(slots * Hkv * D, NAN), vc = kc;
+  std::vector<float> ws(rotary_workspace_floats(rope, 2));
+  for (bool neox : {true, false})
+    for (bool precise : {false, true}) {
+      q = q0;
+      k = k0;
+      launch_rotary_embedding<float>(rope, neox, precise, T, D, positions.data(), cu.data(), nullptr, 2, ws.data(),
+                                     {q.data(), Hq * D, D, Hq}, {k.data(), Hkv * D, D, Hkv}, {v.data(), Hkv * D, D, Hkv},
+                                     kc.data(), vc.data(), slot_mapping.data(), slots, nullptr);
+      // A rotation keeps each pair's norm; channels past rotary_dim are untouched.
+      double worst = 0;
+      for (int t = 0; t < T; ++t)
+        for (int h = 0; h < Hq; ++h) {
+          const float* x = &q[(t * Hq + h) * D];
+          const float* x0 = &q0[(t * Hq + h) * D];
+          double n1 = 0, n0 = 0;
+          for (int c = 0; c < 48; ++c) n1 += x[c] * x[c], n0 += x0[c] * x0[c];
+          worst = std::max(worst, std::fabs(n1 - n0) / n0);
+          for (int c = 48; c < D; ++c) worst = std::max(worst, double(x[c] != x0[c]));
+        }
+      expect(worst < 1e-5, std::string("rotary ") + sched + ": norms kept, rest untouched");
+    }
+  int written = 0;
+  for (int s = 0; s < slots; ++s) written += !std::isnan(kc[s * Hkv * D]);
+  expect(written == 4, std::string("rotary cache ") + sched + ": exactly the 4 valid slots written, got " +
+                           std::to_string(written));
+  std::vector<float> kc2(slots * Hkv * D, NAN), vc2 = kc2;
+  std::vector<__nv_bfloat16> kb(slots * Hkv * D), vb(slots * Hkv * D);
+  launch_reshape_and_cache<float, float>(T, D, {k.data(), Hkv * D, D, Hkv}, {v.data(), Hkv * D, D, Hkv}, kc2.data(),
+                                         vc2.data(), slot_mapping.data(), slots, nullptr);
+  launch_reshape_and_cache<float, __nv_bfloat16>(T, D, {k.data(), Hkv * D, D, Hkv}, {v.data(), Hkv * D, D, Hkv},
+                                                 kb.data(), vb.data(), slot_mapping.data(), slots, nullptr);
+  written = 0;
+  for (int s = 0; s < slots; ++s) written += !std::isnan(kc2[s * Hkv * D]);
+  expect(written == 4 && kc2[5 * Hkv * D] == k[4 * Hkv * D], std::string("reshape_and_cache ") + sched);
+}
+
+}  // namespace
+
+int main() {
+  for (const char* sched : {"rr", "warp", "warp-rev"}) {
+    lmx_emu::configure(sched, 0, 2);
+    attention_cases(sched);
+    rotary_and_cache_cases(sched);
+  }
+  std::printf("emu harness (%s): %s, %lld blocks run\n",
+#ifdef LMX_EMU_SWAPCONTEXT
+              "swapcontext fibers",
+#else
+              "setjmp fibers",
+#endif
+              failures ? "FAILED" : "all cases passed", static_cast<long long>(lmx_emu::g_blocks_run.load()));
+  return failures ? 1 : 0;
+}
