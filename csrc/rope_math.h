@@ -22,7 +22,8 @@ namespace lmx {
 // Order and codes must match lmx/rope.py: SCALING_TYPES.
 enum class RopeScaling : int { kDefault = 0, kLinear = 1, kDynamic = 2, kYarn = 3, kLlama3 = 4 };
 
-// The flat parameter list lmx.rope.RopeConfig.packed holds, field by field.
+// The RoPE parameters of one op call. The ops take them as `float[] rope_params`, whose order is the table
+// kRopeFields (csrc/checks.cpp, exported as lmx._C.rope_param_fields(); lmx.rope packs by those names).
 struct RopeParams {
   RopeScaling scaling;
   double base;                  // rope_theta
