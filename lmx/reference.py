@@ -180,6 +180,14 @@ def rotary_embedding_and_cache(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _einsum(equation: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """einsum in the operands' dtype; 16-bit operands are multiplied in fp32 and the result rounded once (what
+    PyTorch's 16-bit matmuls compute, and much faster than its fp16 einsum on CPUs)."""
+    if a.dtype in (torch.float16, torch.bfloat16):
+        return torch.einsum(equation, a.float(), b.float()).to(a.dtype)
+    return torch.einsum(equation, a, b)
+
+
 def paged_attention(
     query: torch.Tensor,  # [T, Hq, D]
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
@@ -198,7 +206,8 @@ def paged_attention(
 
     The ``n`` queries of sequence ``b`` are its last ``n`` tokens: query ``i`` sits at position
     ``p = seq_lens[b] - n + i`` and sees keys ``j <= p`` (and ``p - j < sliding_window`` when a window is set).
-    ALiBi adds ``slope[h] * (j - p)``. Computed and returned in ``compute_dtype`` (float64) unless ``out`` is given.
+    ALiBi adds ``slope[h] * (j - p)``. Computed and returned in ``compute_dtype`` (float64) unless ``out`` is given;
+    with a 16-bit ``compute_dtype`` each product accumulates in fp32 and is rounded once, as PyTorch's matmuls do.
     """
     T, Hq, D = query.shape
     block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -216,7 +225,7 @@ def paged_attention(
         k = k.repeat_interleave(group, dim=1)  # [L, Hq, D]
         v = v.repeat_interleave(group, dim=1)
         q = query[q0:q1].to(compute_dtype)  # [n, Hq, D]
-        scores = torch.einsum("nhd,lhd->hnl", q, k) * scale
+        scores = _einsum("nhd,lhd->hnl", q, k) * scale
         qpos = torch.arange(L - n, L, device=query.device)[:, None]
         kpos = torch.arange(L, device=query.device)[None, :]
         if alibi_slopes is not None:
@@ -226,7 +235,7 @@ def paged_attention(
             visible = visible & (qpos - kpos < sliding_window)
         scores = scores.masked_fill(~visible[None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        result[q0:q1] = torch.einsum("hnl,lhd->nhd", probs, v)
+        result[q0:q1] = _einsum("hnl,lhd->nhd", probs, v)
     if out is None:
         return result
     out.copy_(result)

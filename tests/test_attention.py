@@ -16,7 +16,7 @@ from lmx import ops, reference
 
 from .helpers import make_paged_batch
 
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HEAD_DIMS = [64, 80, 96, 128, 256]
 GQA_RATIOS = [1, 4, 8]
 BLOCK_SIZES = [1, 16, 256]
@@ -32,8 +32,8 @@ def _check(query, k_cache, v_cache, block_tables, seq_lens, cu, **kwargs):
                                            **kwargs)
     err = (out.double() - exact).abs().max().item()
     pt_err = (same_dtype.double() - exact).abs().max().item()
-    # bf16 output must be rounded to bf16 at least once: allow its half-ulp at |out| <= 4.
-    floor = 1e-5 if query.dtype == torch.float32 else 2 ** -7
+    # A 16-bit output is rounded to its dtype at least once: allow its half-ulp at |out| <= 4.
+    floor = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[query.dtype]
     assert err <= 2 * pt_err + floor, f"error {err:.3g} vs PyTorch same-dtype error {pt_err:.3g}"
     assert torch.isfinite(out).all()
     return out
@@ -114,11 +114,11 @@ def test_other_code_paths(env):
         "assert (info['cpu_attention_isa'] == 'baseline') or ('LMX_CPU_ISA' not in env), info\n"
         "torch.manual_seed(0)\n"
         "slopes = torch.rand(8)\n"
-        "for dtype in (torch.float32, torch.bfloat16):\n"
+        "for dtype in (torch.float32, torch.bfloat16, torch.float16):\n"
         "    b = make_paged_batch([300, 17, 2000], [300, 1, 1], 8, 2, 96, 16, dtype)\n"
         "    out = ops.paged_attention(*b, 96 ** -0.5, alibi_slopes=slopes)\n"
         "    ref = reference.paged_attention(*b, 96 ** -0.5, alibi_slopes=slopes)\n"
-        "    tol = 2e-5 if dtype == torch.float32 else 2e-2\n"
+        "    tol = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]\n"
         "    assert (out.double() - ref).abs().max() < tol, (dtype, (out.double() - ref).abs().max())\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, **env),

@@ -8,7 +8,7 @@ from lmx.rope import RopeConfig
 
 BLOCK_SIZES = [1, 16, 256]
 HEAD_DIMS = [64, 80, 96, 128, 256]
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def _caches(num_blocks, block_size, num_kv_heads, head_dim, dtype):
@@ -38,7 +38,8 @@ def test_reshape_and_cache(block_size, head_dim, dtype):
     assert torch.equal(v_cache.nan_to_num(7.0), v_ref.nan_to_num(7.0))
 
 
-@pytest.mark.parametrize("in_dtype,cache_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("in_dtype,cache_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                                   (torch.float32, torch.float16), (torch.float16, torch.float32)])
 def test_reshape_and_cache_converts(in_dtype, cache_dtype):
     key = torch.randn(9, 3, 64, dtype=in_dtype)
     k_cache, v_cache = _caches(4, 16, 3, 64, cache_dtype)
@@ -77,7 +78,8 @@ def test_fused_rotary_and_cache(block_size, scaling, dtype):
     kc, vc = kc_ref.clone(), vc_ref.clone()
     reference.rotary_embedding_and_cache(q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, **kwargs)
     ops.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, **kwargs)
-    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1.6e-2, rtol=1.6e-2)
+    tol = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+           torch.float16: dict(atol=2e-3, rtol=2e-3)}[dtype]
     torch.testing.assert_close(q, q_ref, **tol)
     torch.testing.assert_close(k, k_ref, **tol)
     torch.testing.assert_close(kc.nan_to_num(7.0), kc_ref.nan_to_num(7.0), **tol)
