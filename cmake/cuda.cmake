@@ -1,6 +1,45 @@
-# CUDA side of the lmx build, included by CMakeLists.txt. Defines LMX_WITH_CUDA (ON/OFF) and
-# LMX_CUDA_SOURCES (the .cu / .cpp files that go into _C when LMX_WITH_CUDA).
-file(GLOB LMX_CUDA_SOURCES CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu")
+# CUDA side of the lmx build (csrc/cuda), included by CMakeLists.txt before the targets. Sets
+#   LMX_WITH_CUDA      ON when the CUDA kernels are built into _C (then also the compile definition LMX_WITH_CUDA)
+#   LMX_CUDA_SOURCES   csrc/cuda/*_kernels.cu + csrc/cuda/ops_cuda.cpp, or empty
+# LMX_CUDA (cache variable of CMakeLists.txt): auto (build them when torch has CUDA and nvcc is found), 0, 1 (required).
+#
+# The traps of a torch CUDA extension, handled here (all five are needed; see csrc/cuda and `make cuda-link`):
+#  1. torch's FindCUDA takes the folder of the first `nvcc` on PATH as the toolkit root; a wrapper script
+#     (/usr/local/bin/nvcc) gives the wrong one. The real toolkit comes from CUDA_PATH / CUDA_HOME or
+#     /usr/local/cuda*; torch reads it inside find_package(Torch), so a build that includes this file after
+#     find_package(Torch) must also pass CUDA_PATH in the environment (mk/cuda.mk does).
+#  2. without TORCH_CUDA_ARCH_LIST torch picks compute_50, which nvcc 13 rejects: "8.0;9.0a" unless set, and
+#     CMAKE_CUDA_ARCHITECTURES OFF so that CMake adds no -arch of its own.
+#  3. torch 2.14's headers need C++20 (torch 2.13's compile as C++20 too).
+#  4. ATen/cuda/CUDAContext.h pulls cusparse.h: the glue includes only c10/cuda/CUDAGuard.h and CUDAStream.h.
+#  5. CMake would link cudart_static next to torch's shared cudart: CUDA_RUNTIME_LIBRARY Shared.
+# rotary_kernels.cu is built with --fmad=false: the CPU kernels and the reference do not contract a * b + c.
+
+set(LMX_CUDA_ARCHS "8.0;9.0a" CACHE STRING "TORCH_CUDA_ARCH_LIST when the environment does not set one")
+
+# ---- 1. the real toolkit ----------------------------------------------------------------------------------------
+if(NOT CUDA_TOOLKIT_ROOT_DIR)
+  foreach(_root "$ENV{CUDA_PATH}" "$ENV{CUDA_HOME}" /usr/local/cuda /usr/local/cuda-13.0)
+    if(_root AND EXISTS "${_root}/bin/nvcc" AND EXISTS "${_root}/include/cuda_runtime.h")
+      set(CUDA_TOOLKIT_ROOT_DIR "${_root}" CACHE PATH "CUDA toolkit (the real one, not an nvcc wrapper's folder)")
+      break()
+    endif()
+  endforeach()
+endif()
+if(CUDA_TOOLKIT_ROOT_DIR AND NOT CMAKE_CUDA_COMPILER)
+  set(CMAKE_CUDA_COMPILER "${CUDA_TOOLKIT_ROOT_DIR}/bin/nvcc" CACHE FILEPATH "nvcc of CUDA_TOOLKIT_ROOT_DIR")
+endif()
+# ---- 2. architectures -------------------------------------------------------------------------------------------
+if("$ENV{TORCH_CUDA_ARCH_LIST}" STREQUAL "")
+  set(ENV{TORCH_CUDA_ARCH_LIST} "${LMX_CUDA_ARCHS}")
+endif()
+set(CMAKE_CUDA_ARCHITECTURES OFF)
+# ---- 3. C++20 for torch >= 2.14 (its headers refuse C++17) ----------------------------------------------------
+if(LMX_TORCH_VERSION VERSION_GREATER_EQUAL "2.14")
+  set(CMAKE_CXX_STANDARD 20)
+endif()
+
+file(GLOB _lmx_cu CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*_kernels.cu")
 set(LMX_WITH_CUDA OFF)
 set(_why "LMX_CUDA=0")
 if(NOT LMX_CUDA STREQUAL "0")
@@ -8,11 +47,11 @@ if(NOT LMX_CUDA STREQUAL "0")
   include(CheckLanguage)
   check_language(CUDA)
   if(NOT TORCH_CUDA_LIBRARIES AND NOT TARGET torch_cuda)
-    set(_why "torch has no CUDA")
+    set(_why "torch ${LMX_TORCH_VERSION} has no CUDA (a CPU build of torch)")
   elseif(NOT CMAKE_CUDA_COMPILER)
-    set(_why "nvcc not found")
-  elseif(NOT LMX_CUDA_SOURCES)
-    set(_why "no CUDA kernels in csrc/cuda yet")
+    set(_why "nvcc not found (set CUDA_PATH to the CUDA toolkit)")
+  elseif(NOT _lmx_cu)
+    set(_why "no CUDA kernels in csrc/cuda")
   else()
     set(LMX_WITH_CUDA ON)
   endif()
@@ -20,11 +59,22 @@ if(NOT LMX_CUDA STREQUAL "0")
     message(FATAL_ERROR "LMX_CUDA=1 but the CUDA kernels cannot be built: ${_why}")
   endif()
 endif()
+
 if(LMX_WITH_CUDA)
   enable_language(CUDA)
-  message(STATUS "lmx: building CPU and CUDA kernels (TORCH_CUDA_ARCH_LIST=$ENV{TORCH_CUDA_ARCH_LIST})")
+  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  set(CMAKE_CUDA_EXTENSIONS OFF)  # nvcc has no gnu++20
+  set(LMX_CUDA_SOURCES ${_lmx_cu} "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/ops_cuda.cpp")
+  set_source_files_properties("${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/rotary_kernels.cu" PROPERTIES COMPILE_OPTIONS
+                              "--fmad=false")
+  # 5. one shared cudart (torch's), applied to every target that links CUDA objects.
+  set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+  # nvcc: no host-compiler flags meant for C++ only; at most two threads for the per-arch passes.
+  set(CMAKE_CUDA_FLAGS "${CMAKE_CUDA_FLAGS} --threads=2")
+  message(STATUS "lmx: building CPU and CUDA kernels (TORCH_CUDA_ARCH_LIST=$ENV{TORCH_CUDA_ARCH_LIST}, "
+                 "toolkit ${CUDA_TOOLKIT_ROOT_DIR})")
 else()
   message(STATUS "lmx: CPU-only build (${_why})")
   set(LMX_CUDA_SOURCES "")
 endif()
-

@@ -42,36 +42,34 @@ cuda-emu: cuda-emu-build
 	$(CUDA_EMU_BUILD)/emu_fortify_harness
 	LMX_REQUIRE_CUDA_EMU=1 LMX_CUDA_EMU_DIR=$(abspath $(CUDA_EMU_BUILD)) $(PY) -m pytest tests/cuda -q -p no:cacheprovider
 
-# The virtualenv with the CUDA torch: created when missing (into a temporary folder, renamed when complete).
-$(LMX_CUDA_VENV)/.lmx-cuda-venv:
-	@if $(LMX_CUDA_VENV)/bin/python -c "import torch, pybind11, cmake, ninja; assert torch.version.cuda" 2>/dev/null; then \
-		touch $@; \
-	else \
-		rm -rf $(LMX_CUDA_VENV).tmp && python3 -m venv $(LMX_CUDA_VENV).tmp && \
-		$(LMX_CUDA_VENV).tmp/bin/python -m pip install -q $(CUDA_TORCH) setuptools wheel "cmake>=3.18" ninja "pybind11>=2.12" numpy && \
-		rm -rf $(LMX_CUDA_VENV) && mv $(LMX_CUDA_VENV).tmp $(LMX_CUDA_VENV) && touch $@; \
-	fi
+# The CUDA torch virtualenv is created when missing (into a temporary folder, renamed when complete), skipped with
+# one line when the disk cannot hold it; the build never touches lmx/_C*.so of the checkout. The venv's CMake (4.x)
+# is used: CMake 3.25 does not know how to ask nvcc 13 for C++20.
+CUDA_VENV_OK = $(LMX_CUDA_VENV)/bin/python -c "import torch, pybind11, cmake, ninja; assert torch.version.cuda" 2>/dev/null
 
 cuda-link:
-	@mkdir -p $(dir $(LMX_CUDA_VENV)); \
-	if [ ! -e $(LMX_CUDA_VENV)/.lmx-cuda-venv ] && ! $(LMX_CUDA_VENV)/bin/python -c "import torch; assert torch.version.cuda" 2>/dev/null \
-		&& [ $$(df -Pk $(dir $(LMX_CUDA_VENV)) | awk 'NR==2{print $$4}') -lt $(CUDA_VENV_MIN_KB) ]; then \
+	@mkdir -p $(dir $(LMX_CUDA_VENV))
+	@if ! $(CUDA_VENV_OK) && [ $$(df -Pk $(dir $(LMX_CUDA_VENV)) | awk 'NR==2{print $$4}') -lt $(CUDA_VENV_MIN_KB) ]; then \
 		echo "cuda-link: SKIPPED: under $$(($(CUDA_VENV_MIN_KB)/1000000)) GB free for the CUDA torch virtualenv at $(LMX_CUDA_VENV)"; \
-	else \
-		$(MAKE) --no-print-directory cuda-link-build; \
-	fi
-
-.PHONY: cuda-link-build
-cuda-link-build: $(LMX_CUDA_VENV)/.lmx-cuda-venv
-	CUDA_PATH=$(CUDA_HOME_DIR) CUDACXX=$(NVCC) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
-	cmake -S . -B $(CUDA_LINK_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DLMX_CUDA=1 \
-		-DPython_EXECUTABLE=$(LMX_CUDA_VENV)/bin/python \
+		exit 0; \
+	fi; \
+	if ! $(CUDA_VENV_OK); then \
+		echo "cuda-link: creating $(LMX_CUDA_VENV) ($(CUDA_TORCH), ~5.6 GB, a few minutes)"; \
+		rm -rf $(LMX_CUDA_VENV).tmp && python3 -m venv $(LMX_CUDA_VENV).tmp && \
+		$(LMX_CUDA_VENV).tmp/bin/python -m pip install -q $(CUDA_TORCH) setuptools wheel "cmake>=3.18" ninja \
+			"pybind11>=2.12" numpy && \
+		rm -rf $(LMX_CUDA_VENV) && mv $(LMX_CUDA_VENV).tmp $(LMX_CUDA_VENV) || exit 1; \
+	fi; \
+	set -e; export CUDA_PATH=$(CUDA_HOME_DIR) CUDACXX=$(NVCC) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)"; \
+	vpy=$(LMX_CUDA_VENV)/bin/python; vcmake=$(LMX_CUDA_VENV)/bin/cmake; \
+	prefix="$$($$vpy -c 'import torch;print(torch.utils.cmake_prefix_path)');$$($$vpy -c 'import pybind11;print(pybind11.get_cmake_dir())')"; \
+	echo "cuda-link: cmake -S . -B $(CUDA_LINK_BUILD) -DLMX_CUDA=1 (torch $$($$vpy -c 'import torch;print(torch.__version__)'))"; \
+	$$vcmake -S . -B $(CUDA_LINK_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(LMX_CUDA_VENV)/bin/ninja -DCMAKE_BUILD_TYPE=Release -DLMX_CUDA=1 -DPython_EXECUTABLE=$$vpy \
 		-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME_DIR) -DCMAKE_CUDA_COMPILER=$(NVCC) \
-		-DLMX_OUTPUT_DIR=$(abspath $(CUDA_LINK_BUILD))/out \
-		-DCMAKE_PREFIX_PATH="$$($(LMX_CUDA_VENV)/bin/python -c 'import torch;print(torch.utils.cmake_prefix_path)');$$($(LMX_CUDA_VENV)/bin/python -c 'import pybind11;print(pybind11.get_cmake_dir())')" \
-		> $(CUDA_LINK_BUILD).configure.log 2>&1 || { tail -40 $(CUDA_LINK_BUILD).configure.log; exit 1; }
-	@grep -E "lmx: " $(CUDA_LINK_BUILD).configure.log
-	CUDA_PATH=$(CUDA_HOME_DIR) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" cmake --build $(CUDA_LINK_BUILD) -j $(CUDA_JOBS)
-	$(LMX_CUDA_VENV)/bin/python tests/cuda/link_check.py $(CUDA_LINK_BUILD)/out
+		-DLMX_OUTPUT_DIR=$(abspath $(CUDA_LINK_BUILD))/out -DCMAKE_PREFIX_PATH="$$prefix" \
+		> $(CUDA_LINK_BUILD).configure.log 2>&1 || { tail -40 $(CUDA_LINK_BUILD).configure.log; exit 1; }; \
+	grep -E "lmx: " $(CUDA_LINK_BUILD).configure.log; \
+	$$vcmake --build $(CUDA_LINK_BUILD) -j $(CUDA_JOBS); \
+	$$vpy tests/cuda/link_check.py $(CUDA_LINK_BUILD)/out
 
 cuda-ci: cuda-check cuda-emu cuda-link
