@@ -62,6 +62,9 @@ class EngineConfig:
         dtype: ``auto`` (the checkpoint's dtype, bf16 for quantised GGUF), ``float32``, ``bfloat16``, ``float16``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         num_threads: CPU threads for torch (``None`` leaves torch's default).
+        enable_prefix_caching: keep the KV blocks of finished requests and reuse them for a new request that
+            starts with the same tokens (same document, next chat turn): only the rest of its prompt is computed.
+            Results are unchanged; perplexity requests always compute every token.
     """
 
     session_len: int | None = None
@@ -76,6 +79,7 @@ class EngineConfig:
     dtype: str = "auto"
     device: str = "auto"
     num_threads: int | None = None
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         _check_int("session_len", self.session_len, minimum=1, optional=True)
@@ -99,6 +103,11 @@ class EngineConfig:
         if self.device not in DEVICES:
             raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
         _check_int("num_threads", self.num_threads, minimum=1, optional=True)
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise TypeError(
+                f"enable_prefix_caching: expected a bool, got {type(self.enable_prefix_caching).__name__} "
+                f"{self.enable_prefix_caching!r}"
+            )
 
 
 @dataclasses.dataclass

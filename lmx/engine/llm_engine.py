@@ -38,7 +38,9 @@ class LLMEngine:
             default_len = int(default_len * rope.factor)
         self.session_len = config.session_len or default_len
         num_blocks = config.num_blocks or self._default_num_blocks()
-        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, rope=rope, enable_prefix_caching=config.enable_prefix_caching
+        )
         self.runner = ModelRunner(
             self.model, num_blocks=num_blocks, block_size=config.block_size,
             block_tables=self.block_manager.block_table, device=self.device, dtype=self.dtype,

@@ -7,6 +7,10 @@ prefilled over several steps. When a running sequence needs a block and none is 
 unscheduled sequence is preempted: its blocks are freed and it waits, at the head of the queue, to be recomputed.
 Nothing here can fail on a full cache: ``Sequence.max_len`` never exceeds the cache's capacity, so a sequence
 running alone always fits.
+
+With prefix caching, an admitted sequence (new or preempted) first takes the longest chain of cached blocks that
+matches its tokens (``BlockManager.cached_prefix``): those tokens cost no budget and are not recomputed. After each
+step the blocks a sequence has filled are named, so the sequences admitted after it can reuse them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Scheduler:
         self.max_queued_requests = max_queued_requests  # None: no limit
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
+        self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
         """Queue ``seq``; ``EngineBusyError`` when ``max_queued_requests`` are already waiting (preempted
@@ -64,13 +69,16 @@ class Scheduler:
             scheduled.append(ScheduledChunk(seq, n))
             taken.add(seq.seq_id)
             budget -= n
+        bm = self.block_manager
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
-            n = min(seq.num_uncomputed_tokens, budget)
-            if not self.block_manager.can_grow(seq.seq_id, seq.num_computed_tokens + n):
+            cached = bm.cached_prefix(seq)
+            start = len(cached) * bm.block_size
+            n = min(seq.num_tokens - start, budget)
+            if not bm.can_admit(cached, start + n):
                 break
             self.waiting.popleft()
-            self.block_manager.grow(seq.seq_id, seq.num_computed_tokens + n)
+            seq.num_cached_tokens = seq.num_computed_tokens = bm.admit(seq, cached, start + n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             scheduled.append(ScheduledChunk(seq, n))
@@ -90,6 +98,8 @@ class Scheduler:
         return True
 
     def _preempt(self, seq: Sequence) -> None:
+        """Send ``seq`` back to the head of the queue; blocks other sequences hold stay theirs."""
+        self.num_preemptions += 1
         self.running.remove(seq)
         self.block_manager.free(seq.seq_id)
         seq.reset_for_recompute()
@@ -103,6 +113,7 @@ class Scheduler:
         for chunk in scheduled:
             seq = chunk.seq
             seq.num_computed_tokens += chunk.num_tokens
+            self.block_manager.cache_computed_blocks(seq)  # perplexity requests populate the cache too
             if seq.perplexity:
                 if seq.num_computed_tokens == seq.num_tokens:
                     finished.append(self.finish(seq, "stop"))
@@ -129,3 +140,12 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         return seq
+
+    def stats(self) -> dict[str, int | float | bool]:
+        """``BlockManager.stats()`` (blocks, prefix-cache hit rate, evictions) plus the queues and preemptions."""
+        return {
+            **self.block_manager.stats(),
+            "running": len(self.running),
+            "waiting": len(self.waiting),
+            "preemptions": self.num_preemptions,
+        }

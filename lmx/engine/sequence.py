@@ -24,6 +24,9 @@ class Sequence:
     keys and values in the cache. ``num_prompt_tokens`` never changes, also across preemption: it fixes the
     dynamic-NTK base of the prompt (DESIGN §3, ``hf`` mode), and a recomputed sequence rotates its generated
     tokens as they were rotated when first decoded.
+
+    ``num_computed_tokens`` starts at the length of the cached prefix when the block manager found one (prefix
+    caching): those tokens' keys and values are in blocks other sequences computed.
     """
 
     token_ids: list[int]
@@ -39,6 +42,10 @@ class Sequence:
     # finish_reason "error": why, naming the request's field ("repetition_penalty: ..."); nothing else failed.
     error: str | None = None
     num_preemptions: int = 0
+    # Prompt (and, after a preemption, generated) tokens taken from the prefix cache at the last admission.
+    num_cached_tokens: int = 0
+    # The names of the sequence's full blocks (BlockManager._hashes), computed once and kept across preemption.
+    block_hashes: list[bytes] = dataclasses.field(default_factory=list, repr=False)
     # Generation: per generated token, (logprob of the chosen token, {token: logprob} of the top k) when asked.
     logprobs: list[tuple[float, dict[int, float]]] = dataclasses.field(default_factory=list)
     # Perplexity: sum of the negative log-likelihoods of tokens 1..n-1 and how many were scored.
@@ -73,7 +80,8 @@ class Sequence:
         return self.status is SequenceStatus.FINISHED
 
     def reset_for_recompute(self) -> None:
-        """Preemption: the cache blocks are gone, so every token is recomputed on readmission."""
+        """Preemption: the sequence's hold on its blocks is gone, so every token is recomputed on readmission
+        (except those still in the prefix cache then)."""
         self.num_computed_tokens = 0
         self.nll_sum, self.nll_count = 0.0, 0
         self.prompt_token_logprobs.clear()

@@ -109,3 +109,144 @@ def test_abort_waiting_and_running():
     sched.finish(b, "abort")
     sched.finish(a, "abort")
     assert not sched.has_unfinished() and sched.block_manager.num_free_blocks == 8
+
+
+# -- prefix caching (plain Python: fake token ids, no model) ------------------------------------------------------
+
+
+def _caching_scheduler(num_blocks, block_size, **kwargs):
+    bm = BlockManager(num_blocks, block_size, enable_prefix_caching=True)
+    return Scheduler(bm, max_batch_size=8, max_prefill_token_num=kwargs.pop("budget", 64), **kwargs)
+
+
+def _finish(sched, *seqs):
+    for s in seqs:
+        sched.add(s)
+    return _run_to_completion(sched)
+
+
+def test_prefix_hit_skips_cached_blocks_and_keeps_the_last_token():
+    sched = _caching_scheduler(16, 4)
+    _finish(sched, Sequence(list(range(12)), max_len=13))
+    again = Sequence(list(range(12)), max_len=13)  # 12 tokens = 3 full blocks: the third is recomputed
+    log = _finish(sched, again)
+    assert log[0] == [(again.seq_id, 8, 4)] and again.num_cached_tokens == 8
+    longer = Sequence(list(range(14)), max_len=15)  # shares 12 tokens, ends mid-block
+    log = _finish(sched, longer)
+    assert log[0] == [(longer.seq_id, 12, 2)]
+    stats = sched.stats()
+    assert stats["prompt_tokens"] == 12 + 12 + 14 and stats["cached_tokens"] == 8 + 12
+    assert stats["hit_rate"] == pytest.approx(20 / 38)
+    assert stats["free_blocks"] == 16 and stats["used_blocks"] == 0 and stats["cached_blocks"] > 0
+
+
+def test_prefix_cache_off_reads_and_names_nothing():
+    sched = Scheduler(BlockManager(16, 4), max_batch_size=8, max_prefill_token_num=64)
+    _finish(sched, Sequence(list(range(12)), max_len=13))
+    again = Sequence(list(range(12)), max_len=13)
+    assert _finish(sched, again)[0] == [(again.seq_id, 0, 12)]
+    assert sched.stats()["cached_blocks"] == 0 and sched.stats()["prompt_tokens"] == 0
+
+
+def test_perplexity_requests_populate_but_never_read():
+    sched = _caching_scheduler(16, 4)
+    ppl = Sequence(list(range(12)), max_len=12, perplexity=True)
+    _finish(sched, ppl)
+    ppl2 = Sequence(list(range(12)), max_len=12, perplexity=True)
+    assert _finish(sched, ppl2)[0] == [(ppl2.seq_id, 0, 12)]  # every token's logits are needed
+    gen = Sequence(list(range(12)), max_len=13)
+    assert _finish(sched, gen)[0] == [(gen.seq_id, 8, 4)]
+
+
+def test_shared_blocks_are_reference_counted():
+    bm = BlockManager(8, 4, enable_prefix_caching=True)
+    sched = Scheduler(bm, max_batch_size=8, max_prefill_token_num=64)
+    _finish(sched, Sequence(list(range(9)), max_len=10))
+    a, b = Sequence(list(range(9)), max_len=20), Sequence(list(range(9)), max_len=20)
+    sched.add(a)
+    sched.add(b)
+    sched.schedule()
+    shared = bm.block_table(a.seq_id)[:2]
+    assert bm.block_table(b.seq_id)[:2] == shared
+    sched.finish(a, "abort")  # cancellation: b still holds the shared blocks
+    assert all(bm._refs[blk] == 1 for blk in shared)
+    assert bm.block_table(b.seq_id)[:2] == shared
+    sched._preempt(b)  # preemption of the last holder: the blocks stay cached, unheld
+    assert all(bm._refs[blk] == 0 for blk in shared) and bm.num_free_blocks == 8
+    assert bm.cached_prefix(b) == shared  # readmission finds them again
+
+
+def test_can_admit_does_not_count_hit_blocks_twice():
+    bm = BlockManager(3, 4, enable_prefix_caching=True)
+    sched = Scheduler(bm, max_batch_size=8, max_prefill_token_num=64)
+    _finish(sched, Sequence(list(range(9)), max_len=9, perplexity=True))  # names blocks 0, 1 (2 full)
+    seq = Sequence(list(range(9)) + [50, 51, 52, 53], max_len=14)
+    cached = bm.cached_prefix(seq)
+    assert len(cached) == 2 and bm.num_free_blocks == 3
+    assert bm.can_admit(cached, 12) and not bm.can_admit(cached, 13)  # 2 hits + 1 new block fit; 2 new do not
+
+
+def test_eviction_takes_unnamed_blocks_first_then_least_recently_freed():
+    bm = BlockManager(6, 2, enable_prefix_caching=True)
+    sched = Scheduler(bm, max_batch_size=8, max_prefill_token_num=64)
+    old = Sequence([1, 2, 3, 4, 5], max_len=5, perplexity=True)
+    new = Sequence([6, 7, 8, 9, 10], max_len=5, perplexity=True)
+    _finish(sched, old)
+    _finish(sched, new)  # 4 named blocks (2 per sequence), 2 unnamed
+    assert bm.stats()["cached_blocks"] == 4
+    sched.add(Sequence([11, 12, 13], max_len=4))  # needs 2 blocks: the unnamed ones
+    _run_to_completion(sched)
+    assert bm.stats()["evictions"] == 0
+    _finish(sched, Sequence([20, 21, 22, 23, 24], max_len=6))  # 3 blocks: one empty block + evicts old's two
+    assert bm.stats()["evictions"] == 2
+    probe_old, probe_new = Sequence([1, 2, 3, 4, 5], max_len=6), Sequence([6, 7, 8, 9, 10], max_len=6)
+    assert bm.cached_prefix(probe_old) == [] and len(bm.cached_prefix(probe_new)) == 2
+
+
+def test_a_chain_breaks_at_the_first_different_block():
+    bm = BlockManager(16, 2, enable_prefix_caching=True)
+    sched = Scheduler(bm, max_batch_size=8, max_prefill_token_num=64)
+    _finish(sched, Sequence([1, 2, 3, 4, 5, 6, 7], max_len=7, perplexity=True))
+    # block 1 differs, so block 2 ([5, 6]) cannot be reused although its tokens match: its prefix differs.
+    assert len(bm.cached_prefix(Sequence([1, 2, 9, 9, 5, 6, 7], max_len=8))) == 1
+    assert len(bm.cached_prefix(Sequence([1, 2, 3, 4, 5, 6, 7], max_len=8))) == 3
+
+
+def test_preempted_sequence_reuses_its_own_blocks():
+    sched = _caching_scheduler(6, 2, budget=16)
+    seqs = [Sequence([1, 2, 3], max_len=8), Sequence([1, 2, 3], max_len=8), Sequence([4, 5, 6], max_len=8)]
+    _finish(sched, *seqs)
+    assert all(s.output_ids == [7] * 5 for s in seqs)
+    stats = sched.stats()
+    assert stats["preemptions"] > 0 and stats["cached_tokens"] > 0
+    assert stats["free_blocks"] == 6
+
+
+def test_rotation_key_follows_rope_seq_len():
+    from lmx.engine.block_manager import rotation_key
+    from lmx.rope import RopeConfig
+
+    plain = RopeConfig(rotary_dim=8, max_position_embeddings=16)
+    dyn = RopeConfig(rotary_dim=8, scaling_type="dynamic", factor=2.0, max_position_embeddings=16)
+    assert rotation_key(plain, 40, 0, 4) == rotation_key(plain, 10, 0, 4) == ((4, plain.base),)
+    assert rotation_key(dyn, 10, 0, 4) == rotation_key(dyn, 12, 0, 4) == ((4, dyn.base),)  # below the context
+    assert rotation_key(dyn, 40, 0, 4) == ((4, dyn.dynamic_base(40)),) != rotation_key(dyn, 41, 0, 4)
+    # generated tokens: base'(p + 1) each once past the trained context
+    assert rotation_key(dyn, 10, 12, 16) == ((4, dyn.base),)
+    assert rotation_key(dyn, 10, 16, 18) == ((1, dyn.dynamic_base(17)), (1, dyn.dynamic_base(18)))
+    assert rotation_key(dyn, 18, 16, 20) == ((2, dyn.dynamic_base(18)), (1, dyn.dynamic_base(19)),
+                                              (1, dyn.dynamic_base(20)))  # fmt: skip
+
+
+def test_rotation_is_part_of_the_hash():
+    from lmx.rope import RopeConfig
+
+    dyn = RopeConfig(rotary_dim=8, scaling_type="dynamic", factor=2.0, max_position_embeddings=16)
+    bm = BlockManager(32, 4, rope=dyn, enable_prefix_caching=True)
+    sched = Scheduler(bm, max_batch_size=8, max_prefill_token_num=64)
+    doc = list(range(1, 21))  # 20 tokens > 16: rotated with base'(20)
+    _finish(sched, Sequence(doc, max_len=20, perplexity=True))
+    assert len(bm.cached_prefix(Sequence(doc, max_len=21))) == 4  # same length, same base
+    assert len(bm.cached_prefix(Sequence(doc[:19] + [99], max_len=21))) == 4
+    assert bm.cached_prefix(Sequence(doc + [99], max_len=22)) == []  # base'(21): nothing matches
+    assert bm.cached_prefix(Sequence(doc[:12] + [99], max_len=14)) == []  # unscaled base
