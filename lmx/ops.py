@@ -1,9 +1,9 @@
 """lmx's kernels: fused rotary embedding with dynamic NTK, paged KV-cache writes and paged attention.
 
 This module is the only importer of ``lmx._C``. The C++ extension registers each op with the PyTorch dispatcher
-as ``torch.ops.lmx.<name>`` (CPU and CUDA keys; the binding validates every input and picks the device's
-implementation), and this module adds the fake (meta) implementations ``torch.compile`` needs, plus a documented
-wrapper per op. Shapes use the packed "varlen" convention of DESIGN.md §2:
+as ``torch.ops.lmx.<name>``, one implementation per dispatch key (CPU; CUDA when built with it, else one that
+raises a clear error), each validating every input with the same checks (``csrc/checks.h``). This module adds the
+fake (meta) implementations ``torch.compile`` needs, plus a documented wrapper per op. Shapes use the packed "varlen" convention of DESIGN.md §2:
 
     T tokens in all, B sequences, query [T, Hq, D], key / value [T, Hkv, D], Hq % Hkv == 0,
     caches [num_blocks, block_size, Hkv, D] (NHD), block_tables [B, max_blocks] int32, seq_lens [B] int32,
@@ -40,7 +40,8 @@ def rope_param_fields() -> tuple[str, ...]:
 
 
 def build_info() -> dict:
-    """What the extension was built with: ``{"cuda": bool, "torch": str, "cpu_capability": str}``."""
+    """What the extension was built with: ``{"cuda": bool, "torch": str, "cpu_attention_isa": "avx2" or
+    "baseline", "cpu_blas": bool}``."""
     return dict(_C.build_info())
 
 
