@@ -3,6 +3,7 @@
 // the host never checks for CUDA tensors are fed in out of range on purpose (slots past the cache, negative and
 // too-large block ids, seq_lens past the block table, decreasing cu_seqlens) and must be skipped or clamped.
 // Valid cases are also compared with a float64 reference. Runs every case under the rr, warp and warp-rev schedules.
+// First, kernels that are wrong on purpose show that the emulator's detectors fire.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -10,7 +11,7 @@
 #include <vector>
 
 #include "cuda/launchers.h"
-#include "cuda/emu/cuda_host_emu.h"
+#include "cuda/compat.cuh"
 
 using namespace lmx::cuda;
 
@@ -208,9 +209,72 @@ void rotary_and_cache_cases(const char* sched) {
   expect(written == 4 && kc2[5 * Hkv * D] == k[4 * Hkv * D], std::string("reshape_and_cache ") + sched);
 }
 
+// ---- the emulator's own detectors fire (each kernel below is wrong on purpose) -------------------------------
+__global__ void divergent_barrier(int* out) {
+  if (threadIdx.x < 32) __syncthreads();  // half the block never arrives
+  out[threadIdx.x] = 1;
+}
+__global__ void barrier_after_exit(int* out) {
+  if (threadIdx.x == 3) return;
+  __syncthreads();
+  out[threadIdx.x] = 1;
+}
+__global__ void mixed_masks(int* out) {
+  // Odd lanes leave lane 0 out of the mask that even lanes use, in the same collective.
+  out[threadIdx.x] = __shfl_xor_sync(threadIdx.x & 1 ? 0xfffffffeu : 0xffffffffu, int(threadIdx.x), 1);
+}
+__global__ void read_unwritten_smem(float* out) {
+  LMX_DYNAMIC_SMEM(float, s);
+  out[threadIdx.x] = s[threadIdx.x];  // never written: the emulator's poison reads as NaN
+}
+__global__ void big_smem(float* out) {
+  LMX_DYNAMIC_SMEM(float, s);
+  s[threadIdx.x] = 1.f;
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+template <typename F>
+bool launch_fails(F&& f, const char* needle) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    const bool ok = std::string(e.what()).find(needle) != std::string::npos;
+    if (!ok) std::printf("  (got: %s)\n", e.what());
+    return ok;
+  }
+  return false;
+}
+
+void emulator_detectors() {
+  std::vector<int> out(64);
+  std::vector<float> fout(64);
+  expect(launch_fails([&] { LMX_LAUNCH(divergent_barrier, dim3(1), dim3(64), 0, nullptr, out.data()); }, "__syncthreads"),
+         "emulator: a __syncthreads that half the block skips is reported");
+  expect(launch_fails([&] { LMX_LAUNCH(barrier_after_exit, dim3(1), dim3(64), 0, nullptr, out.data()); }, "exited"),
+         "emulator: a barrier after a thread exited is reported");
+  expect(launch_fails([&] { LMX_LAUNCH(mixed_masks, dim3(1), dim3(32), 0, nullptr, out.data()); }, "masks"),
+         "emulator: lanes with different shuffle masks are reported");
+  LMX_LAUNCH(read_unwritten_smem, dim3(1), dim3(64), 64 * sizeof(float), nullptr, fout.data());
+  bool all_nan = true;
+  for (float x : fout) all_nan = all_nan && std::isnan(x);
+  expect(all_nan, "emulator: unwritten dynamic shared memory reads as NaN");
+  expect(launch_fails([&] { LMX_LAUNCH(big_smem, dim3(1), dim3(64), 64 * 1024, nullptr, fout.data()); }, "limit of 49152"),
+         "emulator: over 48 KiB of dynamic shared memory without cudaFuncSetAttribute is refused");
+  cudaFuncSetAttribute(big_smem, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+  expect(!launch_fails([&] { LMX_LAUNCH(big_smem, dim3(1), dim3(64), 64 * 1024, nullptr, fout.data()); }, ""),
+         "emulator: 64 KiB after cudaFuncSetAttribute launches");
+  expect(launch_fails([&] { LMX_LAUNCH(big_smem, dim3(1, 70000), dim3(64), 0, nullptr, fout.data()); }, "grid"),
+         "emulator: grid.y over 65535 is refused");
+}
+
 }  // namespace
 
 int main() {
+#ifndef __SANITIZE_ADDRESS__
+  // Not under ASan: a detector reports by throwing inside a fiber, and ASan misreads an exception unwinding on a
+  // swapcontext stack (stack-use-after-scope in __asan_handle_no_return, google/sanitizers#189).
+  emulator_detectors();
+#endif
   for (const char* sched : {"rr", "warp", "warp-rev"}) {
     lmx_emu::configure(sched, 0, 2);
     attention_cases(sched);
