@@ -15,12 +15,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("EngineConfig", "GenerationConfig"):
-        from .engine import config
+    if name in __all__:
+        from . import engine
 
-        return getattr(config, name)
-    if name == "pipeline":
-        from .engine.pipeline import pipeline
-
-        return pipeline
+        return getattr(engine, name)
     raise AttributeError(f"module 'lmx' has no attribute {name!r}")

@@ -1,24 +1,44 @@
 """The inference engine (DESIGN §4): configs, block manager, scheduler, sampler, model runner, engine, pipeline.
 
-The configs import without torch; the rest loads on demand.
+Applications (the server, the evaluations, the lm-eval backend, the command line) use only the names exported
+here; the submodules are the engine's internals. The configs and errors import without torch; the rest loads on
+demand.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .config import EngineConfig, GenerationConfig
+from .config import (
+    LOGPROBS_MAX,
+    MAX_NEW_TOKENS_MAX,
+    REPETITION_PENALTY_RANGE,
+    SEED_RANGE,
+    TEMPERATURE_MAX,
+    TOP_K_MAX,
+    EngineConfig,
+    GenerationConfig,
+)  # fmt: skip
+from .scheduler import EngineBusyError
 
-__all__ = ["EngineConfig", "GenerationConfig", "LLMEngine", "Pipeline", "pipeline"]
+__all__ = [
+    "EngineConfig", "GenerationConfig", "EngineBusyError", "LLMEngine", "Pipeline", "pipeline", "Response",
+    "OutputStream", "LOGPROBS_MAX", "MAX_NEW_TOKENS_MAX", "REPETITION_PENALTY_RANGE", "SEED_RANGE",
+    "TEMPERATURE_MAX", "TOP_K_MAX",
+]  # fmt: skip
+
+
+_LAZY = {"LLMEngine": "llm_engine", "Pipeline": "pipeline", "pipeline": "pipeline", "Response": "pipeline",
+         "OutputStream": "pipeline"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    if name == "LLMEngine":
-        from .llm_engine import LLMEngine
-
-        return LLMEngine
-    if name in ("Pipeline", "pipeline"):
-        from . import pipeline as module
-
-        return getattr(module, name)
-    raise AttributeError(f"module 'lmx.engine' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lmx.engine' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name]}", __name__)
+    # Importing the submodule ``pipeline`` binds that name to the module; the public name is the factory.
+    for public, source in _LAZY.items():
+        if source == _LAZY[name]:
+            globals()[public] = getattr(module, public)
+    return globals()[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Iterator, Sequence as Seq
 
 import torch
@@ -13,6 +14,7 @@ from lmx.models.layers import cpu_has_native_bf16
 
 from .block_manager import BlockManager
 from .config import EngineConfig, GenerationConfig
+from .detokenizer import Detokenizer
 from .model_runner import ModelRunner
 from .sampler import Sampler
 from .scheduler import EngineBusyError, Scheduler
@@ -53,6 +55,8 @@ class LLMEngine:
         self.eos_token_ids = list(self.checkpoint.eos_token_ids)
         self._tokenizer = None
         self._tokenizer_loaded = False
+        # The output text of each generation request (when the model has a tokenizer); lives as long as its seq.
+        self._detokenizers: weakref.WeakKeyDictionary[Sequence, Detokenizer] = weakref.WeakKeyDictionary()
 
     # -- set-up --------------------------------------------------------------------------------------------------
 
@@ -136,12 +140,21 @@ class LLMEngine:
         stop = set(gen.stop_token_ids or [])
         if not gen.ignore_eos:
             stop.update(self.eos_token_ids)
-        if gen.stop_words and self.tokenizer is None:
+        tokenizer = self.tokenizer
+        if gen.stop_words and tokenizer is None:
             raise ValueError("stop_words: this model has no tokenizer to match them; use stop_token_ids")
         max_len = min(len(ids) + gen.max_new_tokens, self.max_sequence_len)
         seq = Sequence(ids, max_len=max_len, stop_token_ids=frozenset(stop), params=gen)
         self.scheduler.add(seq)
+        if tokenizer is not None:
+            self._detokenizers[seq] = Detokenizer(tokenizer, gen.stop_words or ())
         return seq
+
+    def detokenizer(self, seq: Sequence) -> Detokenizer | None:
+        """The incremental detokenizer of generation request ``seq`` (``None`` without a tokenizer): its
+        ``text`` is the answer so far, cut at the first stop word; ``stable_len(finished)`` says how much of it
+        may be streamed."""
+        return self._detokenizers.get(seq)
 
     def add_perplexity_request(self, input_ids: Seq[int], prompt_logprobs: int | None = None) -> Sequence:
         """Score ``input_ids``; ``prompt_logprobs=k`` also keeps each token's logprob and the top ``k``
@@ -156,6 +169,12 @@ class LLMEngine:
     def abort(self, seq: Sequence) -> None:
         self.scheduler.finish(seq, "abort")
         self.sampler.forget(seq.seq_id)
+        self._finish_text(seq)
+
+    def _finish_text(self, seq: Sequence) -> None:
+        detok = self._detokenizers.get(seq)
+        if detok is not None:
+            detok.finish(seq.output_ids)
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
@@ -183,20 +202,16 @@ class LLMEngine:
         for seq in failed:
             self.scheduler.finish(seq, "error")
         finished = self.scheduler.postprocess([c for c in chunks if not c.seq.is_finished], sampled) + failed
-        for seq in out.sample_seqs:
-            if not seq.is_finished and seq.params.stop_words and self.find_stop_word(seq) is not None:
-                finished.append(self.scheduler.finish(seq, "stop"))
+        for seq in out.sample_seqs:  # the new tokens' text; a stop word in it ends the sequence
+            detok = self._detokenizers.get(seq)
+            if detok is not None and not seq.is_finished:
+                detok.update(seq.output_ids)
+                if detok.stopped:
+                    finished.append(self.scheduler.finish(seq, "stop"))
         for seq in finished:
             self.sampler.forget(seq.seq_id)
+            self._finish_text(seq)
         return out.sample_seqs + [s for s in finished if s.perplexity]
-
-    def find_stop_word(self, seq: Sequence) -> int | None:
-        """Character offset of the first stop word in ``seq``'s decoded output, or None."""
-        if not seq.params.stop_words:
-            return None
-        text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-        hits = [i for i in (text.find(w) for w in seq.params.stop_words) if i >= 0]
-        return min(hits) if hits else None
 
     def run_until_done(self, seqs: list[Sequence]) -> Iterator[list[Sequence]]:
         """Step until every one of ``seqs`` has finished, yielding the updated ones after each step."""

@@ -16,6 +16,7 @@ import os
 from typing import Any, Iterator, Sequence as Seq
 
 from .config import EngineConfig, GenerationConfig
+from .detokenizer import Detokenizer
 from .llm_engine import LLMEngine
 from .sequence import Sequence
 
@@ -32,6 +33,46 @@ class Response:
     token_ids: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[tuple[float, dict[int, float]]] | None = None
     index: int = 0
+
+
+class OutputStream:
+    """What a streaming consumer has received of one generation request: ``next()`` returns the new part as a
+    ``Response`` delta (``None`` when there is nothing new). Text is released only as far as the sequence's
+    ``Detokenizer.stable_len`` (never a tail that may still turn into a stop word, never half a character), so the
+    deltas always add up to the finished request's text."""
+
+    def __init__(self, seq: Sequence, detokenizer: Detokenizer | None, index: int = 0) -> None:
+        self.seq, self.index = seq, index
+        self._detok = detokenizer
+        self._sent_tokens = 0
+        self._sent_chars = 0
+        self.done = False
+
+    def next(self) -> Response | None:
+        seq = self.seq
+        if self.done:
+            return None
+        finished = seq.is_finished
+        text = ""
+        if self._detok is not None:
+            stable = self._detok.stable_len(finished)
+            text = self._detok.text[self._sent_chars : stable]
+            self._sent_chars = max(self._sent_chars, stable)
+        start, end = self._sent_tokens, seq.num_output_tokens
+        if not text and end == start and not finished:
+            return None
+        self._sent_tokens = end
+        self.done = finished
+        return Response(
+            text=text,
+            generate_token_len=end,
+            input_token_len=seq.num_prompt_tokens,
+            finish_reason=seq.finish_reason if finished else None,
+            error=seq.error if finished else None,
+            token_ids=seq.token_ids[seq.num_prompt_tokens + start : seq.num_prompt_tokens + end],
+            logprobs=list(seq.logprobs[start:end]) if seq.params.logprobs is not None else None,
+            index=self.index,
+        )
 
 
 class Pipeline:
@@ -95,7 +136,7 @@ class Pipeline:
         seqs = self.engine.add_requests(ids, gens)
         for _ in self.engine.run_until_done(seqs):
             pass
-        responses = [self._response(seq, i, seq.output_ids, len(seq.output_ids)) for i, seq in enumerate(seqs)]
+        responses = [self._response(seq, i) for i, seq in enumerate(seqs)]
         return responses[0] if single else responses
 
     def stream_infer(
@@ -104,51 +145,37 @@ class Pipeline:
         gen_config: GenerationConfig | Seq[GenerationConfig] | None = None,
         do_preprocess: bool = False,
     ) -> Iterator[Response]:
-        """Yield ``Response`` deltas (new text and token ids, ``index`` = the prompt's position) as tokens arrive."""
+        """Yield ``Response`` deltas (new text and token ids, ``index`` = the prompt's position) as tokens arrive;
+        each prompt's deltas add up to what ``__call__`` returns for it."""
         _, ids, gens = self._batch(prompts, gen_config, do_preprocess)
         seqs = self.engine.add_requests(ids, gens)
-        index = {seq.seq_id: i for i, seq in enumerate(seqs)}
-        sent_tokens = {seq.seq_id: 0 for seq in seqs}
-        sent_text = {seq.seq_id: "" for seq in seqs}
+        streams = {seq.seq_id: self.output_stream(seq, i) for i, seq in enumerate(seqs)}
         try:
             for updated in self.engine.run_until_done(seqs):
                 for seq in updated:
-                    if seq.seq_id not in index:
-                        continue
-                    full = self._text(seq)
-                    # Hold back text ending in an incomplete UTF-8 character until the next token completes it.
-                    if not seq.is_finished and full.endswith("\ufffd"):
-                        continue
-                    start = sent_tokens[seq.seq_id]
-                    delta = full[len(sent_text[seq.seq_id]) :]
-                    sent_tokens[seq.seq_id], sent_text[seq.seq_id] = len(seq.output_ids), full
-                    yield dataclasses.replace(
-                        self._response(seq, index[seq.seq_id], seq.output_ids[start:], len(seq.output_ids)),
-                        text=delta,
-                    )
+                    stream = streams.get(seq.seq_id)
+                    delta = stream.next() if stream is not None else None
+                    if delta is not None:
+                        yield delta
         finally:
             for seq in seqs:  # a consumer that stops early must not leave requests behind
                 if not seq.is_finished:
                     self.engine.abort(seq)
 
-    def _text(self, seq: Sequence) -> str:
-        tokenizer = self.tokenizer
-        if tokenizer is None:
-            return ""
-        text = tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-        cut = self.engine.find_stop_word(seq)
-        return text if cut is None else text[:cut]
+    def output_stream(self, seq: Sequence, index: int = 0) -> OutputStream:
+        """Deltas of generation request ``seq`` (call ``next()`` after each step that updated it)."""
+        return OutputStream(seq, self.engine.detokenizer(seq), index)
 
-    def _response(self, seq: Sequence, index: int, token_ids: list[int], generated: int) -> Response:
-        params = seq.params
+    def _response(self, seq: Sequence, index: int) -> Response:
+        detok = self.engine.detokenizer(seq)
         return Response(
-            text=self._text(seq),
-            generate_token_len=generated,
+            text=detok.text if detok is not None else "",
+            generate_token_len=seq.num_output_tokens,
             input_token_len=seq.num_prompt_tokens,
             finish_reason=seq.finish_reason,
             error=seq.error,
-            token_ids=list(token_ids),
-            logprobs=list(seq.logprobs[generated - len(token_ids) :]) if params.logprobs is not None else None,
+            token_ids=seq.output_ids,
+            logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
             index=index,
         )
 

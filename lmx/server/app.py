@@ -32,7 +32,7 @@ from lmx.engine.config import GenerationConfig
 from lmx.engine.scheduler import EngineBusyError
 
 from . import documents
-from .engine_loop import AsyncEngine, Delta, EngineDeadError, EngineError
+from .engine_loop import AsyncEngine, EngineDeadError, EngineError
 from .guards import (
     APIKeyMiddleware, BodyLimitMiddleware, BodyTooLarge, HostCheckMiddleware, ServerLimits,
 )  # fmt: skip
@@ -554,7 +554,7 @@ class _Server:
                     logprobs = self.completion_logprobs(ids, scores, [], [])
                 yield chunk(text if text is not None else self.decode(ids), logprobs, None)
             async for delta in self.engine.generate(ids, gen):
-                completion_tokens = delta.completion_tokens
+                completion_tokens = delta.generate_token_len
                 if not delta.text and delta.finish_reason is None and req.logprobs is None:
                     continue
                 logprobs = None
@@ -601,7 +601,7 @@ class _Server:
                 text += delta.text
                 token_ids += delta.token_ids
                 logprobs += delta.logprobs or []
-                finish, tokens = delta.finish_reason or finish, delta.completion_tokens
+                finish, tokens = delta.finish_reason or finish, delta.generate_token_len
             return text, self.chat_logprobs(token_ids, logprobs) if req.logprobs else None, finish, tokens
 
         text, logprobs, finish, tokens = await self.guard(cancel_on_disconnect(request, run()))
@@ -632,7 +632,7 @@ class _Server:
         yield chunk({"role": "assistant", "content": ""})
         try:
             async for delta in self.engine.generate(ids, gen):
-                tokens = delta.completion_tokens
+                tokens = delta.generate_token_len
                 if not delta.text and delta.finish_reason is None:
                     continue
                 logprobs = self.chat_logprobs(delta.token_ids, delta.logprobs) if req.logprobs else None

@@ -20,23 +20,11 @@ import queue
 import threading
 from typing import Any, AsyncIterator, Callable
 
-from lmx.engine.scheduler import EngineBusyError
+from lmx.engine import EngineBusyError, Response
 
 from .scoring import PromptScorer, TokenLogprob
 
 log = logging.getLogger("lmx.server")
-
-
-@dataclasses.dataclass
-class Delta:
-    """New output of one generation request since the previous ``Delta``."""
-
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob] | None
-    finish_reason: str | None  # "stop", "length", or None while running
-    prompt_tokens: int
-    completion_tokens: int
 
 
 class EngineError(RuntimeError):
@@ -50,11 +38,10 @@ class EngineDeadError(EngineError):
 @dataclasses.dataclass(eq=False)
 class _Request:
     kind: str  # "generate", "score" (per-token logprobs) or "ppl" (mean cross-entropy)
-    sink: Callable[[Any], None]  # called on the engine thread with a Delta, a result or an exception
+    sink: Callable[[Any], None]  # called on the engine thread with a delta, a result or an exception
     seq: Any = None
+    stream: Any = None  # generation: the request's OutputStream (what was already sent)
     cancelled: bool = False
-    sent_tokens: int = 0
-    sent_text: str = ""
 
 
 class AsyncEngine:
@@ -99,8 +86,9 @@ class AsyncEngine:
 
     # -- the asyncio side ----------------------------------------------------------------------------------------
 
-    async def generate(self, prompt_ids: list[int], gen_config) -> AsyncIterator[Delta]:
-        """Yield ``Delta``s until the request finishes; closing the iterator early aborts the request."""
+    async def generate(self, prompt_ids: list[int], gen_config) -> AsyncIterator[Response]:
+        """Yield ``Response`` deltas until the request finishes (their texts add up to the whole answer); closing
+        the iterator early aborts the request."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         request = _Request("generate", lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
@@ -284,39 +272,7 @@ class AsyncEngine:
         if seq.is_finished:
             self._requests.pop(seq.seq_id, None)
 
-    def _delta(self, request: _Request, seq) -> Delta | None:
-        full = self._text(seq)
-        if not seq.is_finished:
-            # Hold back an incomplete UTF-8 character and any tail that may be the start of a stop word.
-            if full.endswith("\ufffd"):
-                return None
-            full = full[: len(full) - _stop_prefix_len(full, seq.params.stop_words)]
-        start, end = request.sent_tokens, seq.num_output_tokens
-        text = full[len(request.sent_text) :] if full.startswith(request.sent_text) else full
-        if not text and end == start and not seq.is_finished:
-            return None
-        request.sent_tokens, request.sent_text = end, full
-        logprobs = list(seq.logprobs[start:end]) if seq.params.logprobs is not None else None
-        return Delta(
-            text=text, token_ids=seq.output_ids[start:end], logprobs=logprobs,
-            finish_reason=seq.finish_reason if seq.is_finished else None,
-            prompt_tokens=seq.num_prompt_tokens, completion_tokens=seq.num_output_tokens,
-        )  # fmt: skip
-
-    def _text(self, seq) -> str:
-        if self.tokenizer is None:
-            return ""
-        text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-        cut = self.engine.find_stop_word(seq)
-        return text if cut is None else text[:cut]
-
-
-def _stop_prefix_len(text: str, stop_words) -> int:
-    """Length of the longest tail of ``text`` that is a proper prefix of a stop word (0 without stop words)."""
-    longest = 0
-    for word in stop_words or ():
-        for k in range(min(len(word) - 1, len(text)), longest, -1):
-            if text.endswith(word[:k]):
-                longest = k
-                break
-    return longest
+    def _delta(self, request: _Request, seq) -> Response | None:
+        if request.stream is None:
+            request.stream = self.pipe.output_stream(seq)
+        return request.stream.next()
