@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.lmx-installed
 # torch is pinned to the CPU build that lies on this project's machines; the wheel requires the torch it was built with.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install build test test-fast bench run clean
+.PHONY: install build test test-fast lint bench run clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,21 @@ install: $(STAMP)
 build: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
 
-test: build
-	$(PY) -m pytest tests -q
+# CUDA without a GPU (mk/cuda.mk): nvcc compile checks for sm_80/sm_90a, the kernels run on the CPU under the host
+# emulator (tests/cuda), and the LMX_CUDA=1 extension linked against the CUDA build of torch and imported.
+include mk/cuda.mk
 
-# Everything but the slow tests (real model, wheel in a clean virtualenv).
+# tests/cuda runs in cuda-emu (with the emulated module built); the rest of the suite after it.
+test: build cuda-check cuda-emu cuda-link
+	$(PY) -m pytest tests -q --ignore=tests/cuda
+
+# Everything but the slow tests (real model, wheel in a clean virtualenv) and the CUDA checks.
 test-fast: build
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PY) -m pytest tests -q -m "not slow" --ignore=tests/cuda
+
+lint: $(STAMP)
+	$(PY) -m ruff check lmx tests bench
+	$(PY) -m ruff format --check lmx tests bench
 
 bench: build
 	$(PY) bench/ops_cpu.py --json bench/results/cpu-ops.json
