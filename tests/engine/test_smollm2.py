@@ -1,9 +1,8 @@
-"""The embedded SmolLM2-135M-Instruct (Q4_1 GGUF): greedy parity with transformers, text features, passkey."""
+"""The embedded SmolLM2-135M-Instruct (Q4_1 GGUF): greedy parity with transformers and text features (the passkey
+headline on it is tests/evals/test_demo_slow.py, through `lmx demo`)."""
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -63,34 +62,3 @@ def test_chat_template_stop_words_and_streaming(smol):
                                                                                              ignore_eos=True)))
     assert "".join(p.text for p in pieces) == plain.text
     assert sum(len(p.token_ids) for p in pieces) == 30 and pieces[-1].finish_reason == "length"
-
-
-def passkey_prompt(tokenizer, target_tokens: int, rng: random.Random) -> tuple[str, int]:
-    """Seed 000's prompt, verbatim, with ``n_times`` garbage repeats sized for about ``target_tokens`` tokens."""
-    task_description = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
-                        "them. I will quiz you about the important information there.")
-    garbage = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-    n_times = (target_tokens - 1000) // len(tokenizer.encode(garbage))
-    n_prefix = rng.randint(0, n_times - 1)
-    pass_key = rng.randint(1, 50000 - 1)
-    information_line = f"The pass key is {pass_key}. Remember it. {pass_key} is the pass key."
-    final_question = "What is the pass key? The pass key is"
-    lines = [task_description, " ".join([garbage] * n_prefix), information_line,
-             " ".join([garbage] * (n_times - n_prefix)), final_question]
-    return " ".join(lines), pass_key
-
-
-@pytest.mark.slow
-def test_passkey_needs_dynamic_ntk_at_15k():
-    """SmolLM2 was trained on 8k: at ~15k tokens default RoPE loses the key, dynamic NTK (factor 2) finds it."""
-    rng = random.Random(0)
-    common = dict(session_len=16384, max_prefill_token_num=4096, max_batch_size=1, dtype="bfloat16", device="cpu")
-    default = pipeline("smollm2-135m", engine_config=EngineConfig(**common))
-    prompts = [passkey_prompt(default.tokenizer, 15000, rng)]  # one round: ~15k-token prefills are slow on 2 cores
-    gen = GenerationConfig(max_new_tokens=8)
-    default_hits = [str(key) in default(p, gen_config=gen).text for p, key in prompts]
-    del default
-    ntk = pipeline("smollm2-135m", engine_config=EngineConfig(rope_scaling_factor=2.0, **common))
-    ntk_hits = [str(key) in ntk(p, gen_config=gen).text for p, key in prompts]
-    assert not any(default_hits), default_hits
-    assert all(ntk_hits), ntk_hits
