@@ -57,6 +57,25 @@ def test_sliding_window(gqa, window):
     _check(*make_paged_batch([130, 90], [1, 90], 2 * gqa, 2, 64, 16, torch.float32), sliding_window=window)
 
 
+@pytest.mark.parametrize("head_dim", [16, 32, 80, 112, 160, 192])
+@pytest.mark.parametrize("gqa", [1, 3, 8])
+@pytest.mark.parametrize("window", [-1, 200])
+def test_prefill_tiles(head_dim, gqa, window):
+    """Long prefills and chunks: several key tiles of 256, query tiles whose rows are not whole vectors of 16,
+    every channel-block remainder of the AVX-512 tiles (where the CPU has them; the BLAS tiles otherwise)."""
+    batch = make_paged_batch([700, 300, 40], [700, 45, 17], 2 * gqa, 2, head_dim, 16, torch.float32)
+    _check(*batch, sliding_window=window)
+    _check(*make_paged_batch([520], [520], 2 * gqa, 2, head_dim, 16, torch.bfloat16), sliding_window=window)
+
+
+def test_isa_name_matches_the_cpu():
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    isa = ops.build_info()["cpu_attention_isa"]
+    assert isa in ("avx512", "avx2", "baseline")
+    if isa == "avx512":
+        assert {"avx512f", "avx512dq", "avx512vl", "avx512bw"} <= set(flags)
+
+
 @pytest.mark.parametrize("gqa", GQA_RATIOS)
 def test_alibi(gqa):
     slopes = torch.tensor([2 ** (-8 * (h + 1) / (2 * gqa)) for h in range(2 * gqa)], dtype=torch.float32)
@@ -103,15 +122,18 @@ def test_strided_query_and_out():
 
 
 @pytest.mark.parametrize("env", [{"LMX_NO_BLAS": "1"}, {"LMX_CPU_ISA": "baseline"},
-                                 {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "baseline"}], ids=str)
+                                 {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "baseline"}, {"LMX_CPU_ISA": "avx2"},
+                                 {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "avx2"}], ids=str)
 def test_other_code_paths(env):
-    """The portable loops and the baseline-ISA build give the same answers (both switches are read once per
-    process, hence the subprocess)."""
+    """The portable loops, the baseline-ISA build and the AVX2 build without its AVX-512 tiles (BLAS tiles, or
+    the direct kernels without BLAS) give the same answers (the switches are read once per process, hence the
+    subprocess)."""
     code = (
         "import torch, lmx.ops as ops; from tests.helpers import make_paged_batch; from lmx import reference\n"
         f"env = {env!r}; info = ops.build_info()\n"
         "assert info['cpu_blas'] == ('LMX_NO_BLAS' not in env), info\n"
-        "assert (info['cpu_attention_isa'] == 'baseline') or ('LMX_CPU_ISA' not in env), info\n"
+        "isa = env.get('LMX_CPU_ISA')\n"
+        "assert isa is None or info['cpu_attention_isa'] in {'baseline': ['baseline'], 'avx2': ['avx2', 'baseline']}[isa], info\n"
         "torch.manual_seed(0)\n"
         "slopes = torch.rand(8)\n"
         "for dtype in (torch.float32, torch.bfloat16, torch.float16):\n"

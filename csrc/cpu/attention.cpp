@@ -162,6 +162,174 @@ void pv_direct(const float* p, const scalar_t* const* v, const int64_t* off, int
 }
 #endif  // LMX_DIRECT_KERNELS
 
+#if defined(LMX_DIRECT_KERNELS)
+// Register-blocked AVX-512 tiles (fp32), for CPUs that have AVX-512F; chosen at run time (cpu_avx512_tiles()).
+// Layouts: Qᵀ [D, ldr] (query rows contiguous, ldr a multiple of 16, padded rows zero), K and V staged row-major
+// [keys, D], scores and probabilities transposed, Sᵀ [keys, ldr]. The online softmax then runs down the columns
+// of Sᵀ, sixteen query rows per vector, without horizontal reductions; Qᵀ·K needs no transpose of K (each key
+// value is broadcast) and P·V none of V.
+#define LMX_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,f16c")))
+// GCC 12's AVX-512 headers seed masked builtins with `_mm512_undefined_ps()`, which -Wmaybe-uninitialized flags.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// exp_nonpositive, sixteen lanes: the same range reduction and polynomial.
+LMX_AVX512 inline __m512 exp16_nonpositive(__m512 x) {
+  const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 shifter = _mm512_set1_ps(12582912.0f);
+  const __m512 rounded = _mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), shifter);
+  const __m512i n = _mm512_sub_epi32(_mm512_castps_si512(rounded), _mm512_set1_epi32(0x4B400000));
+  const __m512 nf = _mm512_sub_ps(rounded, shifter);
+  __m512 f = _mm512_fnmadd_ps(nf, _mm512_set1_ps(0.693145751953125f), xc);
+  f = _mm512_fnmadd_ps(nf, _mm512_set1_ps(1.428606765330187045e-06f), f);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, f), f, f), _mm512_set1_ps(1.0f));
+  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~under), p, scale);
+}
+
+// Sᵀ[j0 + i, r0 + 16 v] = Σ_d K[j0 + i, d] Qᵀ[d, r0 + 16 v] for 8 keys and NV vectors of rows.
+template <int NV>
+LMX_AVX512 inline void qk_block(const float* qt, int64_t ldr, const float* k, int64_t D, int64_t r0, int64_t j0,
+                                float* st) {
+  __m512 acc[8][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  const float* kj = k + j0 * D;
+  for (int64_t d = 0; d < D; ++d) {
+    __m512 q[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) q[v] = _mm512_loadu_ps(qt + d * ldr + r0 + 16 * v);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const __m512 kb = _mm512_set1_ps(kj[i * D + d]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(kb, q[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(st + (j0 + i) * ldr + r0 + 16 * v, acc[i][v]);
+}
+
+// Sᵀ [kt8, ldr] = K [kt8, D] · Qᵀ [D, ldr]; kt8 a multiple of 8, ldr of 16.
+LMX_AVX512 void qk_tiles(const float* qt, int64_t ldr, const float* k, int64_t kt8, int64_t D, float* st) {
+  int64_t r0 = 0;
+  for (; r0 + 32 <= ldr; r0 += 32)
+    for (int64_t j0 = 0; j0 < kt8; j0 += 8) qk_block<2>(qt, ldr, k, D, r0, j0, st);
+  if (r0 < ldr)
+    for (int64_t j0 = 0; j0 < kt8; j0 += 8) qk_block<1>(qt, ldr, k, D, r0, j0, st);
+}
+
+// acc[r0 + i, d0 + 16 u] = alpha[r0 + i] acc[...] + Σ_j Pᵀ[j, r0 + i] V[j, d0 + 16 u] for R rows, NV vectors.
+template <int R, int NV>
+LMX_AVX512 inline void pv_block(const float* pt, int64_t ldr, const float* v, int64_t D, int64_t kt, int64_t r0,
+                                int64_t d0, const float* alpha, float* acc) {
+  __m512 a[R][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) {
+    const __m512 al = _mm512_set1_ps(alpha[r0 + i]);
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) a[i][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (r0 + i) * D + d0 + 16 * u));
+  }
+  for (int64_t j = 0; j < kt; ++j) {
+    __m512 vv[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) vv[u] = _mm512_loadu_ps(v + j * D + d0 + 16 * u);
+    const float* pj = pt + j * ldr + r0;
+#pragma GCC unroll 6
+    for (int i = 0; i < R; ++i) {
+      const __m512 p = _mm512_set1_ps(pj[i]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) a[i][u] = _mm512_fmadd_ps(p, vv[u], a[i][u]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + (r0 + i) * D + d0 + 16 * u, a[i][u]);
+}
+
+template <int NV>
+LMX_AVX512 void pv_rows(const float* pt, int64_t ldr, const float* v, int64_t D, int64_t kt, int64_t rows,
+                        int64_t d0, const float* alpha, float* acc) {
+  int64_t r0 = 0;
+  for (; r0 + 6 <= rows; r0 += 6) pv_block<6, NV>(pt, ldr, v, D, kt, r0, d0, alpha, acc);
+  switch (rows - r0) {
+    case 5: pv_block<5, NV>(pt, ldr, v, D, kt, r0, d0, alpha, acc); break;
+    case 4: pv_block<4, NV>(pt, ldr, v, D, kt, r0, d0, alpha, acc); break;
+    case 3: pv_block<3, NV>(pt, ldr, v, D, kt, r0, d0, alpha, acc); break;
+    case 2: pv_block<2, NV>(pt, ldr, v, D, kt, r0, d0, alpha, acc); break;
+    case 1: pv_block<1, NV>(pt, ldr, v, D, kt, r0, d0, alpha, acc); break;
+    default: break;
+  }
+}
+
+// acc [rows, D] = alpha ⊙ acc + P · V, with P given as Pᵀ [kt, ldr]; D a multiple of 16.
+LMX_AVX512 void pv_tiles(const float* pt, int64_t ldr, const float* v, int64_t D, int64_t kt, int64_t rows,
+                         const float* alpha, float* acc) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) pv_rows<4>(pt, ldr, v, D, kt, rows, d0, alpha, acc);
+  switch ((D - d0) / 16) {
+    case 3: pv_rows<3>(pt, ldr, v, D, kt, rows, d0, alpha, acc); break;
+    case 2: pv_rows<2>(pt, ldr, v, D, kt, rows, d0, alpha, acc); break;
+    case 1: pv_rows<1>(pt, ldr, v, D, kt, rows, d0, alpha, acc); break;
+    default: break;
+  }
+}
+
+// Online softmax down the columns of Sᵀ [kt, ldr] (keys [0, kt)): updates m, l [ldr], writes Pᵀ in place and the
+// factor alpha [ldr] by which each row's accumulator must be scaled. Rows whose keys are all masked so far keep
+// m = -inf, l = 0 and get p = 0, alpha = 0 (their accumulator is zero).
+LMX_AVX512 void softmax_columns(float* st, int64_t ldr, int64_t kt, float* m, float* l, float* alpha) {
+  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
+  for (int64_t r0 = 0; r0 < ldr; r0 += 16) {
+    const __m512 m_old = _mm512_loadu_ps(m + r0);
+    __m512 mx0 = m_old, mx1 = neg_inf;
+    int64_t j = 0;
+    for (; j + 2 <= kt; j += 2) {
+      mx0 = _mm512_max_ps(mx0, _mm512_loadu_ps(st + j * ldr + r0));
+      mx1 = _mm512_max_ps(mx1, _mm512_loadu_ps(st + (j + 1) * ldr + r0));
+    }
+    if (j < kt) mx0 = _mm512_max_ps(mx0, _mm512_loadu_ps(st + j * ldr + r0));
+    const __m512 m_new = _mm512_max_ps(mx0, mx1);
+    const __mmask16 none = _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ);
+    const __m512 shift = _mm512_mask_blend_ps(none, m_new, _mm512_setzero_ps());
+    const __m512 a = exp16_nonpositive(_mm512_sub_ps(m_old, shift));
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    for (j = 0; j + 2 <= kt; j += 2) {
+      float* s0 = st + j * ldr + r0;
+      float* s1 = s0 + ldr;
+      const __m512 p0 = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s0), shift));
+      const __m512 p1 = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s1), shift));
+      _mm512_storeu_ps(s0, p0);
+      _mm512_storeu_ps(s1, p1);
+      sum0 = _mm512_add_ps(sum0, p0);
+      sum1 = _mm512_add_ps(sum1, p1);
+    }
+    if (j < kt) {
+      float* s0 = st + j * ldr + r0;
+      const __m512 p0 = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s0), shift));
+      _mm512_storeu_ps(s0, p0);
+      sum0 = _mm512_add_ps(sum0, p0);
+    }
+    _mm512_storeu_ps(l + r0, _mm512_fmadd_ps(_mm512_loadu_ps(l + r0), a, _mm512_add_ps(sum0, sum1)));
+    _mm512_storeu_ps(m + r0, m_new);
+    _mm512_storeu_ps(alpha + r0, a);
+  }
+}
+#pragma GCC diagnostic pop
+#endif  // LMX_DIRECT_KERNELS
+
 struct WorkItem {
   int64_t seq;
   int64_t kv_head;    // first kv head of the item
@@ -178,16 +346,20 @@ struct WorkItem {
 template <typename scalar_t>
 struct Scratch {
   std::vector<float> q, k, v, s, acc, m, l;
+  std::vector<float> qt, alpha;                  // AVX-512 tiles: Qᵀ [D, ldr], the softmax's rescale factors
   std::vector<const scalar_t*> k_rows, v_rows;  // direct kernels: cache row [Hkv, D] of each key of the tile
   std::vector<int64_t> row_offset;               // direct kernels: offset of each row's kv head in a cache row
   void reserve(int64_t rows, int64_t head_dim) {
+    const int64_t padded = (rows + 15) / 16 * 16;  // AVX-512 tiles: rows rounded up to whole vectors
     q.resize(rows * head_dim);
     acc.resize(rows * head_dim);
-    s.resize(rows * kKeyTile);
+    s.resize(padded * kKeyTile);
     k.resize(kKeyTile * head_dim);
     v.resize(kKeyTile * head_dim);
-    m.resize(rows);
-    l.resize(rows);
+    m.resize(padded);
+    l.resize(padded);
+    qt.resize(padded * head_dim);
+    alpha.resize(padded);
     row_offset.resize(rows);
     k_rows.resize(kKeyTile);
     v_rows.resize(kKeyTile);
@@ -202,7 +374,7 @@ class PagedAttention {
       : p_(p), out_(out), query_(query), k_cache_(k_cache), v_cache_(v_cache), group_(p.num_q_heads / p.num_kv_heads),
         q_tile_(std::max<int64_t>(1, kRowsPerTile / group_)),
         block_shift_(__builtin_ctzll(static_cast<unsigned long long>(p.block_size))),  // a power of two (checked)
-        block_mask_(p.block_size - 1) {}
+        block_mask_(p.block_size - 1), tiles512_(kDirect && cpu_avx512_tiles()) {}
 
   void run() {
     build_work();
@@ -304,6 +476,10 @@ class PagedAttention {
 
   void process(const WorkItem& w, Scratch<scalar_t>& sc) const {
     const int64_t D = p_.head_dim, G = group_, HQ = w.kv_heads * G, rows = w.q_count * HQ;
+#if defined(LMX_DIRECT_KERNELS)
+    if (tiles512_ && rows >= 16 && w.kv_heads == 1 && p_.alibi_slopes == nullptr && D % 16 == 0)
+      return process_tiles512(w, sc);
+#endif
     const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
     const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin;  // position of the tile's first query
     const int64_t token0 = p_.cu_seqlens_q[w.seq] + w.q_begin;
@@ -414,6 +590,12 @@ class PagedAttention {
       }
     }
 
+    finish(w, sc, token0);
+  }
+
+  // The item's result: its unnormalised state (a split, for merge_splits) or acc / l into out.
+  void finish(const WorkItem& w, const Scratch<scalar_t>& sc, int64_t token0) const {
+    const int64_t D = p_.head_dim, G = group_, HQ = w.kv_heads * G, rows = w.q_count * HQ;
     if (w.partial >= 0) {  // a split: keep the unnormalised state for merge_splits
       std::memcpy(partial_acc_.data() + w.partial * D, sc.acc.data(), rows * D * sizeof(float));
       std::memcpy(partial_m_.data() + w.partial, sc.m.data(), rows * sizeof(float));
@@ -429,6 +611,51 @@ class PagedAttention {
         for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<scalar_t>(acc[d] * inv_l);
       }
   }
+
+#if defined(LMX_DIRECT_KERNELS)
+  // One kv head's item with the AVX-512 tiles: Qᵀ staged once, then per key tile Sᵀ = K·Qᵀ, masks, the column
+  // softmax and acc = alpha ⊙ acc + P·V. Same online-softmax state (m, l, acc) and result as process().
+  void process_tiles512(const WorkItem& w, Scratch<scalar_t>& sc) const {
+    const int64_t D = p_.head_dim, G = group_, rows = w.q_count * G, ldr = (rows + 15) / 16 * 16;
+    const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
+    const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin, last_pos = first_pos + w.q_count - 1;
+    const int64_t token0 = p_.cu_seqlens_q[w.seq] + w.q_begin;
+    float* qt = sc.qt.data();
+    std::fill(qt, qt + D * ldr, 0.0f);  // padded rows score 0 and are never read back
+    for (int64_t i = 0; i < w.q_count; ++i)
+      for (int64_t qh = 0; qh < G; ++qh) {
+        const scalar_t* src = query_.data + (token0 + i) * query_.token_stride + (w.kv_head * G + qh) * query_.head_stride;
+        const int64_t r = i * G + qh;
+        for (int64_t d = 0; d < D; ++d) qt[d * ldr + r] = static_cast<float>(src[d]) * p_.scale;
+      }
+    std::fill(sc.acc.begin(), sc.acc.begin() + rows * D, 0.0f);
+    std::fill(sc.m.begin(), sc.m.begin() + ldr, kNegInf);
+    std::fill(sc.l.begin(), sc.l.begin() + ldr, 0.0f);
+    float* st = sc.s.data();  // Sᵀ [kt8, ldr]
+    for (int64_t j0 = w.key_begin; j0 < w.key_end; j0 += kKeyTile) {
+      const int64_t j1 = std::min(w.key_end, j0 + kKeyTile), kt = j1 - j0, kt8 = (kt + 7) / 8 * 8;
+      gather(k_cache_, w.seq, w.kv_head, j0, j1, sc.k.data());
+      std::fill(sc.k.begin() + kt * D, sc.k.begin() + kt8 * D, 0.0f);  // whole blocks of 8 keys
+      gather(v_cache_, w.seq, w.kv_head, j0, j1, sc.v.data());
+      qk_tiles(qt, ldr, sc.k.data(), kt8, D, st);
+      const bool full = (j1 - 1 <= first_pos) && (p_.sliding_window <= 0 || last_pos - j0 < p_.sliding_window);
+      if (!full)
+        for (int64_t j = 0; j < kt; ++j) {  // rows are (token, head) in token order: the hidden rows are runs
+          const int64_t key = j0 + j;
+          float* col = st + j * ldr;
+          // Causal: tokens before position `key` do not see it.
+          std::fill(col, col + std::clamp<int64_t>((key - first_pos) * G, 0, rows), kNegInf);
+          // Sliding window: tokens at or after key + window do not see it either.
+          if (p_.sliding_window > 0)
+            std::fill(col + std::clamp<int64_t>((key + p_.sliding_window - first_pos) * G, 0, rows), col + rows,
+                      kNegInf);
+        }
+      softmax_columns(st, ldr, kt, sc.m.data(), sc.l.data(), sc.alpha.data());
+      pv_tiles(st, ldr, sc.v.data(), D, kt, rows, sc.alpha.data(), sc.acc.data());
+    }
+    finish(w, sc, token0);
+  }
+#endif
 
   // out = Σ_s acc_s e^{m_s - M} / Σ_s l_s e^{m_s - M}, M = max_s m_s, all in fp32.
   void merge_splits() {
@@ -470,6 +697,7 @@ class PagedAttention {
   const int64_t q_tile_;
   const int64_t block_shift_;  // log2(block_size)
   const int64_t block_mask_;
+  const bool tiles512_;  // the AVX-512 tiles replace BLAS for many-row items
   std::vector<WorkItem> work_;
   std::vector<Merge> merges_;
   mutable std::vector<float> partial_acc_, partial_m_, partial_l_;

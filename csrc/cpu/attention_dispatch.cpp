@@ -25,7 +25,8 @@ LMX_DECLARE_ISA(avx2)
 #endif
 
 namespace {
-// LMX_CPU_ISA=baseline forces the portable build (tests use it to cover both).
+// LMX_CPU_ISA=baseline forces the portable build, LMX_CPU_ISA=avx2 the AVX2 build without its AVX-512 tiles
+// (tests use them to cover every path).
 bool use_avx2() {
 #if defined(LMX_HAVE_AVX2)
   static const bool yes = [] {
@@ -39,6 +40,20 @@ bool use_avx2() {
 #endif
 }
 }  // namespace
+
+bool cpu_avx512_tiles() {
+#if defined(LMX_HAVE_AVX2)
+  static const bool yes = [] {
+    const char* isa = std::getenv("LMX_CPU_ISA");
+    if (isa != nullptr && std::strcmp(isa, "avx2") == 0) return false;
+    return use_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
 
 sgemm_fn blas_sgemm() {
   static const sgemm_fn fn = [] {
@@ -55,7 +70,7 @@ void blas_restore_threads(int previous) {
   if (&MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
 }
 
-const char* attention_isa() { return use_avx2() ? "avx2" : "baseline"; }
+const char* attention_isa() { return cpu_avx512_tiles() ? "avx512" : use_avx2() ? "avx2" : "baseline"; }
 
 template <typename scalar_t>
 void paged_attention(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,

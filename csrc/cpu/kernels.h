@@ -78,7 +78,12 @@ void paged_attention(const AttentionParams& p,
   template void paged_attention<T>(const AttentionParams&, TokenHeadView<T>, TokenHeadView<const T>, const T*, \
                                    const T*);
 
-// Name of the instruction set paged_attention uses on this machine ("avx2" or "baseline").
+// Name of the instruction set paged_attention uses on this machine: "avx512" (the AVX2 build with AVX-512 tiles
+// for prefill), "avx2" or "baseline". LMX_CPU_ISA=avx2 or =baseline forces the narrower ones.
 const char* attention_isa();
+
+// Whether the AVX2 build multiplies its prefill tiles with its AVX-512 kernels (the CPU has AVX-512F and
+// LMX_CPU_ISA does not ask for avx2 or baseline) instead of the BLAS.
+bool cpu_avx512_tiles();
 
 }  // namespace lmx::cpu
