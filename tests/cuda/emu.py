@@ -58,12 +58,6 @@ def schedule(name: str, seed: int = 0):
         configure("rr", 0)
 
 
-def pick_schedule(*key) -> tuple[str, int]:
-    """A schedule for one case of a large grid: every schedule is used across the grid, deterministically."""
-    text = "/".join(str(k) for k in key)
-    return SCHEDULES[sum(ord(c) * (i + 1) for i, c in enumerate(text)) % len(SCHEDULES)]
-
-
 def rotary_embedding(query, key, positions, rope, *, cu_seqlens=None, rope_seq_lens=None, precise=False):
     module()
     torch.ops.lmx_emu.rotary_embedding(query, key, positions, rope.rotary_dim, rope.is_neox, rope.packed, cu_seqlens,
@@ -91,3 +85,49 @@ def paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_
     torch.ops.lmx_emu.paged_attention(out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, float(scale),
                                       alibi_slopes, int(sliding_window), kernel, int(partition_size))
     return out
+
+
+def cover(axes: dict, groups=None) -> list[tuple]:
+    """Few cases that still hold every combination that matters: each tuple of axis names in ``groups`` (default:
+    every pair of axes) has all its value combinations in some case. Greedy and deterministic (the first candidate
+    covering the most new combinations wins), so a grid keeps its ids from run to run.
+
+    The emulated kernels cost CPU time per case, so grids are covered (every dtype x head dim, every dtype x GQA x
+    block size, every schedule x kernel, ...) instead of crossed in full.
+    """
+    import itertools
+
+    names = list(axes)
+    if groups is None:
+        groups = list(itertools.combinations(names, 2))
+    idx = [[names.index(n) for n in g] for g in groups]
+    todo = set()
+    for gi, g in enumerate(idx):
+        for combo in itertools.product(*(range(len(axes[names[i]])) for i in g)):
+            todo.add((gi, combo))
+    candidates = list(itertools.product(*(range(len(axes[n])) for n in names)))
+    cases = []
+    while todo:
+        best, gain = None, 0
+        for c in candidates:
+            n = sum((gi, tuple(c[i] for i in g)) in todo for gi, g in enumerate(idx))
+            if n > gain:
+                best, gain = c, n
+        cases.append(best)
+        for gi, g in enumerate(idx):
+            todo.discard((gi, tuple(best[i] for i in g)))
+    return [tuple(axes[n][i] for n, i in zip(names, c)) for c in cases]
+
+
+def case_id(*values) -> str:
+    def one(v):
+        if isinstance(v, torch.dtype):
+            return str(v).removeprefix("torch.")
+        if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str):  # a schedule
+            return f"{v[0]}-{v[1]}" if v[1] else v[0]
+        return str(v)
+    return "-".join(one(v) for v in values)
+
+
+def ids(cases) -> list[str]:
+    return [case_id(*c) for c in cases]

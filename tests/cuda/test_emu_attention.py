@@ -42,32 +42,31 @@ def _check(query, k_cache, v_cache, block_tables, seq_lens, cu, kernel="auto", p
     return out
 
 
-# fp16 on a subset of head dims: PyTorch's fp16 CPU reference (the tolerance's yardstick) is slow.
-MIXED_GRID = [(dt, d) for dt in DTYPES for d in HEAD_DIMS if dt != torch.float16 or d in (16, 96, 256)]
+# Covered, not crossed (emu.cover): every dtype x head dim, every dtype x GQA ratio x block size, every head dim x
+# block size, and every schedule with every dtype, GQA ratio and block size.
+GRID_AXES = dict(dtype=DTYPES, head_dim=HEAD_DIMS, gqa=GQA_RATIOS, block_size=BLOCK_SIZES, sched=emu.SCHEDULES)
+GRID_GROUPS = [("dtype", "head_dim"), ("dtype", "gqa", "block_size"), ("head_dim", "block_size"), ("sched", "dtype"),
+               ("sched", "gqa"), ("sched", "block_size")]
+GRID = emu.cover(GRID_AXES, GRID_GROUPS)
 
 
-@pytest.mark.parametrize("dtype,head_dim", MIXED_GRID)
-@pytest.mark.parametrize("gqa", GQA_RATIOS)
-@pytest.mark.parametrize("block_size", BLOCK_SIZES)
-def test_mixed_batch(dtype, head_dim, gqa, block_size):
+@pytest.mark.parametrize("dtype,head_dim,gqa,block_size,sched", GRID, ids=emu.ids(GRID))
+def test_mixed_batch(dtype, head_dim, gqa, block_size, sched):
     """A decode, a whole prefill and a chunk at the end of a 300-token sequence in one call (the prefill kernel);
     lengths cross block boundaries."""
     seq_lens = [block_size + 1, 3 * block_size - 1 if block_size > 1 else 37, 300]
     query_lens = [1, seq_lens[1], 45]
     batch = make_paged_batch(seq_lens, query_lens, 2 * gqa, 2, head_dim, block_size, dtype)
-    with emu.schedule(*emu.pick_schedule(dtype, head_dim, gqa, block_size)):
+    with emu.schedule(*sched):
         _check(*batch)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
-@pytest.mark.parametrize("gqa", GQA_RATIOS)
-@pytest.mark.parametrize("block_size", BLOCK_SIZES)
-def test_decode_batch(dtype, head_dim, gqa, block_size):
+@pytest.mark.parametrize("dtype,head_dim,gqa,block_size,sched", GRID, ids=emu.ids(GRID))
+def test_decode_batch(dtype, head_dim, gqa, block_size, sched):
     """One query per sequence (the decode kernel); 128-key partitions, so the longer sequences are split and merged."""
     seq_lens = [1, block_size + 1, 3 * block_size - 1 if block_size > 1 else 37, 300]
     batch = make_paged_batch(seq_lens, [1] * len(seq_lens), 2 * gqa, 2, head_dim, block_size, dtype)
-    with emu.schedule(*emu.pick_schedule(dtype, head_dim, gqa, block_size, "decode")):
+    with emu.schedule(*sched):
         _check(*batch, partition_size=128)
 
 
@@ -81,20 +80,22 @@ def test_both_kernels_under_every_schedule(sched, kernel, gqa):
         _check(*batch, kernel=kernel, partition_size=128)
 
 
-@pytest.mark.parametrize("sched", emu.SCHEDULES[:3], ids=emu.SCHEDULE_IDS[:3])
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("gqa", GQA_RATIOS)
-@pytest.mark.parametrize("window", [1, 16, 100])
-def test_sliding_window(sched, kernel, gqa, window):
+WINDOW_CASES = emu.cover(dict(kernel=KERNELS, window=[1, 16, 100], gqa=GQA_RATIOS, sched=emu.SCHEDULES[:3]),
+                         [("kernel", "window"), ("kernel", "gqa"), ("kernel", "sched"), ("window", "gqa")])
+
+
+@pytest.mark.parametrize("kernel,window,gqa,sched", WINDOW_CASES, ids=emu.ids(WINDOW_CASES))
+def test_sliding_window(kernel, window, gqa, sched):
     with emu.schedule(*sched):
         _check(*make_paged_batch([130, 90], [1, 90], 2 * gqa, 2, 64, 16, torch.float32), kernel=kernel,
                partition_size=64, sliding_window=window)
 
 
-@pytest.mark.parametrize("sched", emu.SCHEDULES[:3], ids=emu.SCHEDULE_IDS[:3])
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("gqa", GQA_RATIOS)
-def test_alibi(sched, kernel, gqa):
+ALIBI_CASES = emu.cover(dict(kernel=KERNELS, gqa=GQA_RATIOS, sched=emu.SCHEDULES[:3]))
+
+
+@pytest.mark.parametrize("kernel,gqa,sched", ALIBI_CASES, ids=emu.ids(ALIBI_CASES))
+def test_alibi(kernel, gqa, sched):
     slopes = torch.tensor([2 ** (-8 * (h + 1) / (2 * gqa)) for h in range(2 * gqa)], dtype=torch.float32)
     with emu.schedule(*sched):
         _check(*make_paged_batch([70, 33], [70, 4], 2 * gqa, 2, 64, 16, torch.float32), kernel=kernel,

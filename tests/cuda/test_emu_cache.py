@@ -36,10 +36,15 @@ def _same(a, b):
     return torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))  # skipped slots stay NaN
 
 
-@pytest.mark.parametrize("block_size", BLOCK_SIZES)
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_reshape_and_cache(block_size, head_dim, dtype):
+# Covered, not crossed (emu.cover): every dtype x head dim, dtype x block size, head dim x block size; every
+# schedule with every dtype and block size.
+RESHAPE_CASES = emu.cover(dict(block_size=BLOCK_SIZES, head_dim=HEAD_DIMS, dtype=DTYPES, sched=emu.SCHEDULES),
+                          [("dtype", "head_dim"), ("dtype", "block_size"), ("head_dim", "block_size"),
+                           ("sched", "dtype"), ("sched", "block_size")])
+
+
+@pytest.mark.parametrize("block_size,head_dim,dtype,sched", RESHAPE_CASES, ids=emu.ids(RESHAPE_CASES))
+def test_reshape_and_cache(block_size, head_dim, dtype, sched):
     T, Hkv, num_blocks = 37, 2, max(2, 64 // block_size + 1)
     key = torch.randn(T, Hkv, head_dim, dtype=dtype)
     value = torch.randn(T, Hkv, head_dim, dtype=dtype)
@@ -47,7 +52,7 @@ def test_reshape_and_cache(block_size, head_dim, dtype):
     k_ref, v_ref = _caches(num_blocks, block_size, Hkv, head_dim, dtype)
     k_cache, v_cache = k_ref.clone(), v_ref.clone()
     reference.reshape_and_cache(key, value, k_ref, v_ref, slots)
-    with emu.schedule(*emu.pick_schedule(block_size, head_dim, dtype)):
+    with emu.schedule(*sched):
         emu.reshape_and_cache(key, value, k_cache, v_cache, slots)
     assert _same(k_cache, k_ref) and _same(v_cache, v_ref)
 
@@ -82,11 +87,14 @@ def test_reshape_and_cache_reads_strided_views():
     assert torch.equal(v_cache.view(-1, Hkv, D)[:T], value)
 
 
-@pytest.mark.parametrize("block_size", BLOCK_SIZES)
-@pytest.mark.parametrize("scaling", ["default", "dynamic", "llama3"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rotary", ["full-neox", "partial-interleaved"])
-def test_fused_rotary_and_cache(block_size, scaling, dtype, rotary):
+FUSED_CASES = emu.cover(dict(block_size=BLOCK_SIZES, scaling=["default", "dynamic", "llama3"], dtype=DTYPES,
+                             rotary=["full-neox", "partial-interleaved"], sched=emu.SCHEDULES),
+                        [("scaling", "dtype", "rotary"), ("block_size", "dtype"), ("block_size", "scaling"),
+                         ("block_size", "rotary"), ("sched", "dtype"), ("sched", "block_size")])
+
+
+@pytest.mark.parametrize("block_size,scaling,dtype,rotary,sched", FUSED_CASES, ids=emu.ids(FUSED_CASES))
+def test_fused_rotary_and_cache(block_size, scaling, dtype, rotary, sched):
     T, Hq, Hkv, D = 29, 8, 2, 128
     kw = dict(factor=2.0) if scaling == "dynamic" else {}
     if scaling == "llama3":
@@ -103,7 +111,7 @@ def test_fused_rotary_and_cache(block_size, scaling, dtype, rotary):
     kc_ref, vc_ref = _caches(num_blocks, block_size, Hkv, D, dtype)
     kc, vc = kc_ref.clone(), vc_ref.clone()
     reference.rotary_embedding_and_cache(q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, **kwargs)
-    with emu.schedule(*emu.pick_schedule(block_size, scaling, dtype, rotary)):
+    with emu.schedule(*sched):
         emu.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, **kwargs)
     tol = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
            torch.float16: dict(atol=2e-3, rtol=2e-3)}[dtype]

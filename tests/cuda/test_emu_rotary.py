@@ -48,23 +48,30 @@ def _check(rope, q, k, positions, **kwargs):
         torch.testing.assert_close(k, k_ref, **_tol(k.dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
-@pytest.mark.parametrize("scaling", list(SCALINGS))
-@pytest.mark.parametrize("is_neox", [True, False])
-def test_matches_reference(dtype, head_dim, scaling, is_neox):
+# Covered, not crossed (emu.cover): every dtype x scaling x layout, every dtype x head dim, every head dim x
+# scaling, every schedule x scaling and x dtype.
+GRID = emu.cover(dict(dtype=DTYPES, head_dim=HEAD_DIMS, scaling=list(SCALINGS), is_neox=[True, False],
+                      sched=emu.SCHEDULES),
+                 [("dtype", "scaling", "is_neox"), ("dtype", "head_dim"), ("head_dim", "scaling"), ("sched", "scaling"),
+                  ("sched", "dtype"), ("head_dim", "is_neox")])
+
+
+@pytest.mark.parametrize("dtype,head_dim,scaling,is_neox,sched", GRID, ids=emu.ids(GRID))
+def test_matches_reference(dtype, head_dim, scaling, is_neox, sched):
     T, num_kv_heads = 40, 2
     rope = _rope(head_dim, scaling, is_neox=is_neox)
     q = torch.randn(T, num_kv_heads * 4, head_dim, dtype=dtype)
     k = torch.randn(T, num_kv_heads, head_dim, dtype=dtype)
     positions = torch.randint(0, 4 * MAX_POS, (T,))
-    with emu.schedule(*emu.pick_schedule(dtype, head_dim, scaling, is_neox)):
+    with emu.schedule(*sched):
         _check(rope, q, k, positions)
 
 
-@pytest.mark.parametrize("sched", emu.SCHEDULES, ids=emu.SCHEDULE_IDS)
-@pytest.mark.parametrize("rotary_dim", [16, 32])
-@pytest.mark.parametrize("is_neox", [True, False])
+PARTIAL_CASES = emu.cover(dict(sched=emu.SCHEDULES, rotary_dim=[16, 32], is_neox=[True, False]),
+                          [("sched",), ("rotary_dim", "is_neox")])
+
+
+@pytest.mark.parametrize("sched,rotary_dim,is_neox", PARTIAL_CASES, ids=emu.ids(PARTIAL_CASES))
 def test_partial_rotary_leaves_the_rest(sched, rotary_dim, is_neox):
     rope = _rope(64, "default", rotary_dim=rotary_dim, is_neox=is_neox)
     q = torch.randn(9, 4, 64)
@@ -97,8 +104,10 @@ def test_precise_mode_is_exact_where_fp32_is_not():
     assert (fast[0, 0, :32].double() - exact).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("sched", emu.SCHEDULES, ids=emu.SCHEDULE_IDS)
-@pytest.mark.parametrize("gqa", [1, 4, 8])
+DYNAMIC_CASES = emu.cover(dict(sched=emu.SCHEDULES, gqa=[1, 4, 8]), [("sched",), ("gqa",)])
+
+
+@pytest.mark.parametrize("sched,gqa", DYNAMIC_CASES, ids=emu.ids(DYNAMIC_CASES))
 def test_dynamic_base_is_per_sequence(sched, gqa):
     """Three packed sequences, each with its own dynamic-NTK base; without rope_seq_lens the kernel takes each
     sequence's max(position) + 1 (a block reduction over 700 positions)."""
