@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ForwardContext, ModelConfig, linear, paged_self_attention, rms_norm
+from .layers import ForwardContext, ModelConfig, kernel_threads, linear, paged_self_attention, rms_norm
 
 
 class DecoderLayer(nn.Module):
@@ -66,10 +66,11 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
         """``input_ids [T]`` -> final-normed hidden states ``[T, hidden_size]``."""
-        x = F.embedding(input_ids, self.embed)
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
-            x = layer(x, ctx, k_cache, v_cache)
-        return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
+        with kernel_threads(input_ids.device, input_ids.shape[0]):  # element-wise work on one thread, GEMMs and attention on all
+            x = F.embedding(input_ids, self.embed)
+            for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
+                x = layer(x, ctx, k_cache, v_cache)
+            return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, hidden_size]`` -> fp32 logits ``[N, vocab_size]``."""
