@@ -27,7 +27,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences
 from tqdm import tqdm
 
-from lmx.engine.config import EngineConfig, GenerationConfig
+from lmx.engine import EngineConfig, GenerationConfig
 
 ENGINE_FIELDS = {f.name: f.type for f in dataclasses.fields(EngineConfig)}
 
@@ -67,10 +67,6 @@ class LmxLM(TemplateLM):
         if engine_args.get("device") in ("cuda:0", "cuda:1"):
             engine_args["device"] = "cuda"
         self.pipe = pipeline(pretrained, engine_config=_engine_config(engine_args))
-        from lmx.server.scoring import PromptScorer
-
-        self.engine = self.pipe.engine
-        self.scorer = PromptScorer(self.engine)
         self.tokenizer = self.pipe.tokenizer
         if self.tokenizer is None:
             raise ValueError(f"pretrained: {pretrained!r} has no tokenizer; lm-eval needs one")
@@ -106,7 +102,7 @@ class LmxLM(TemplateLM):
 
     @property
     def max_length(self) -> int:
-        return self.engine.max_sequence_len
+        return self.pipe.max_sequence_len
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
@@ -118,15 +114,16 @@ class LmxLM(TemplateLM):
 
     def _score(self, inputs: list[list[int]], disable_tqdm: bool) -> list[list[tuple[float, dict[int, float]]]]:
         """Per-token (logprob, top-1) of tokens 1..n-1 of each input, all queued at once (continuous batching)."""
-        seqs = [self.scorer.add(ids, top_k=1) for ids in inputs]
+        self.pipe.check_queue_room(len(inputs))
+        seqs = [self.pipe.add_scoring_request(ids, top_logprobs=1) for ids in inputs]
         bar = tqdm(total=len(seqs), disable=disable_tqdm, desc="lmx: scoring")
         done = 0
-        for _ in self.engine.run_until_done(seqs):
+        for _ in self.pipe.run_until_done(seqs):
             finished = sum(s.is_finished for s in seqs)
             bar.update(finished - done)
             done = finished
         bar.close()
-        return [self.scorer.result(seq) for seq in seqs]
+        return [self.pipe.prompt_logprobs(seq) for seq in seqs]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         inputs, spans = [], []

@@ -147,7 +147,7 @@ def run_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         print(f"lmx serve: {app.state.model_name} on http://{args.host}:{args.port} "
-              f"(session_len {app.state.engine.engine.max_sequence_len}); document chat at /", flush=True)  # fmt: skip
+              f"(session_len {app.state.engine.pipe.max_sequence_len}); document chat at /", flush=True)  # fmt: skip
         server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
         server.run(sockets=[sock])
         if not server.started:

@@ -20,10 +20,10 @@ from .config import (
     EngineConfig,
     GenerationConfig,
 )  # fmt: skip
-from .scheduler import EngineBusyError
+from .errors import EngineBusyError, RequestError, RequestTypeError, as_request_error
 
 __all__ = [
-    "EngineConfig", "GenerationConfig", "EngineBusyError", "LLMEngine", "Pipeline", "pipeline", "Response",
+    "EngineConfig", "GenerationConfig", "EngineBusyError", "RequestError", "RequestTypeError", "as_request_error", "LLMEngine", "Pipeline", "pipeline", "Response",
     "OutputStream", "LOGPROBS_MAX", "MAX_NEW_TOKENS_MAX", "REPETITION_PENALTY_RANGE", "SEED_RANGE",
     "TEMPERATURE_MAX", "TOP_K_MAX",
 ]  # fmt: skip

@@ -15,6 +15,7 @@ from lmx.models.layers import cpu_has_native_bf16
 from .block_manager import BlockManager
 from .config import EngineConfig, GenerationConfig
 from .detokenizer import Detokenizer
+from .errors import CONTEXT_LENGTH_EXCEEDED, RequestError, RequestTypeError
 from .model_runner import ModelRunner
 from .sampler import Sampler
 from .scheduler import EngineBusyError, Scheduler
@@ -110,24 +111,26 @@ class LLMEngine:
         if isinstance(prompt_ids, torch.Tensor):
             prompt_ids = prompt_ids.flatten().tolist()
         if not isinstance(prompt_ids, (list, tuple)):
-            raise TypeError(f"{name}: expected a list of token ids, got {type(prompt_ids).__name__}")
+            raise RequestTypeError(name, f"{name}: expected a list of token ids, got {type(prompt_ids).__name__}")
         ids = list(prompt_ids)
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise TypeError(f"{name}: expected a list of int token ids, got {ids[:8]!r}...")
+            raise RequestTypeError(name, f"{name}: expected a list of int token ids, got {ids[:8]!r}...")
         minimum = 2 if perplexity else 1
         if len(ids) < minimum:
-            raise ValueError(f"{name}: expected at least {minimum} token(s), got {len(ids)}")
+            raise RequestError(name, f"{name}: expected at least {minimum} token(s), got {len(ids)}")
         vocab = self.model_config.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"{name}: expected token ids in [0, {vocab}), got {bad[:5]}")
+            raise RequestError(name, f"{name}: expected token ids in [0, {vocab}), got {bad[:5]}")
         # Generation needs room for at least one new token; perplexity only scores what it is given.
         limit = self.max_sequence_len if perplexity else self.max_sequence_len - 1
         if len(ids) > limit:
             bound = "session_len" if self.session_len <= self.block_manager.capacity_tokens else "the KV cache"
-            raise ValueError(
+            raise RequestError(
+                name,
                 f"{name}: {len(ids)} tokens do not fit: {bound} allows at most {limit} "
-                f"(session_len={self.session_len}, KV cache={self.block_manager.capacity_tokens} tokens)"
+                f"(session_len={self.session_len}, KV cache={self.block_manager.capacity_tokens} tokens)",
+                code=CONTEXT_LENGTH_EXCEEDED,
             )
         return ids
 
@@ -135,14 +138,16 @@ class LLMEngine:
         """Queue a generation request; raises ``ValueError``/``TypeError`` (and queues nothing) on bad input."""
         gen = GenerationConfig() if gen_config is None else gen_config
         if not isinstance(gen, GenerationConfig):
-            raise TypeError(f"gen_config: expected a GenerationConfig, got {type(gen).__name__}")
+            raise RequestTypeError("gen_config", f"gen_config: expected a GenerationConfig, got {type(gen).__name__}")
         ids = self.validate_prompt(prompt_ids)
         stop = set(gen.stop_token_ids or [])
         if not gen.ignore_eos:
             stop.update(self.eos_token_ids)
         tokenizer = self.tokenizer
         if gen.stop_words and tokenizer is None:
-            raise ValueError("stop_words: this model has no tokenizer to match them; use stop_token_ids")
+            raise RequestError(
+                "stop_words", "stop_words: this model has no tokenizer to match them; use stop_token_ids"
+            )
         max_len = min(len(ids) + gen.max_new_tokens, self.max_sequence_len)
         seq = Sequence(ids, max_len=max_len, stop_token_ids=frozenset(stop), params=gen)
         self.scheduler.add(seq)
@@ -161,7 +166,9 @@ class LLMEngine:
         (``seq.prompt_token_logprobs``; k = 0: the token's own logprob only)."""
         ids = self.validate_prompt(input_ids, name="input_ids", perplexity=True)
         if prompt_logprobs is not None and (not isinstance(prompt_logprobs, int) or prompt_logprobs < 0):
-            raise ValueError(f"prompt_logprobs: expected None or an int >= 0, got {prompt_logprobs!r}")
+            raise RequestError(
+                "prompt_logprobs", f"prompt_logprobs: expected None or an int >= 0, got {prompt_logprobs!r}"
+            )
         seq = Sequence(ids, max_len=len(ids), perplexity=True, prompt_logprobs=prompt_logprobs)
         self.scheduler.add(seq)
         return seq
@@ -233,11 +240,14 @@ class LLMEngine:
         for i, (ids, gen) in enumerate(zip(prompts, gen_configs)):
             self.validate_prompt(ids, name=f"prompts[{i}]" if len(prompts) > 1 else "prompt")
             if gen is not None and not isinstance(gen, GenerationConfig):
-                raise TypeError(f"gen_config: expected a GenerationConfig, got {type(gen).__name__}")
-        self._check_queue_room(len(prompts))
+                raise RequestTypeError(
+                    "gen_config", f"gen_config: expected a GenerationConfig, got {type(gen).__name__}"
+                )
+        self.check_queue_room(len(prompts))
         return [self.add_request(ids, gen) for ids, gen in zip(prompts, gen_configs)]
 
-    def _check_queue_room(self, count: int) -> None:
+    def check_queue_room(self, count: int) -> None:
+        """``EngineBusyError`` when ``count`` more requests would overflow the waiting queue."""
         limit = self.scheduler.max_queued_requests
         if limit is not None and len(self.scheduler.waiting) + count > limit:
             raise EngineBusyError(
@@ -249,7 +259,7 @@ class LLMEngine:
         """Mean cross-entropy (natural log) of each input; scored in chunks, batched like generation."""
         for i, ids in enumerate(inputs):
             self.validate_prompt(ids, name=f"input_ids[{i}]" if len(inputs) > 1 else "input_ids", perplexity=True)
-        self._check_queue_room(len(inputs))
+        self.check_queue_room(len(inputs))
         seqs = [self.add_perplexity_request(ids) for ids in inputs]
         for _ in self.run_until_done(seqs):
             pass

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence as Seq
 
 from .config import EngineConfig, GenerationConfig
 from .detokenizer import Detokenizer
+from .errors import RequestError, RequestTypeError
 from .llm_engine import LLMEngine
 from .sequence import Sequence
 
@@ -87,6 +88,82 @@ class Pipeline:
     def session_len(self) -> int:
         return self.engine.session_len
 
+    @property
+    def max_sequence_len(self) -> int:
+        """The longest sequence (prompt + answer) a request may reach: ``session_len``, or less when the whole KV
+        cache holds less."""
+        return self.engine.max_sequence_len
+
+    @property
+    def max_position_embeddings(self) -> int:
+        """The model's trained context length."""
+        return self.engine.model_config.max_position_embeddings
+
+    @property
+    def num_unfinished(self) -> int:
+        """Requests in the engine (waiting or running); safe to read from any thread."""
+        scheduler = self.engine.scheduler
+        return len(scheduler.waiting) + len(scheduler.running)
+
+    def has_unfinished(self) -> bool:
+        return self.engine.scheduler.has_unfinished()
+
+    def metrics(self) -> dict[str, Any]:
+        """The engine's state: requests waiting and running, KV blocks, and (when the scheduler and block manager
+        report them) prefix-cache statistics and preemptions."""
+        scheduler, blocks = self.engine.scheduler, self.engine.block_manager
+        out: dict[str, Any] = {
+            "waiting": len(scheduler.waiting), "running": len(scheduler.running),
+            "num_blocks": blocks.num_blocks, "free_blocks": blocks.num_free_blocks, "block_size": blocks.block_size,
+            "session_len": self.session_len, "max_sequence_len": self.max_sequence_len,
+            "max_batch_size": scheduler.max_batch_size, "max_queued_requests": scheduler.max_queued_requests,
+        }  # fmt: skip
+        stats = getattr(scheduler, "stats", None) or getattr(blocks, "stats", None)
+        if stats is not None:
+            out.update(stats())
+        return out
+
+    def validate(self, ids: Any, *, name: str = "prompt", perplexity: bool = False) -> list[int]:
+        """``ids`` as a list of token ids the engine accepts (``perplexity``: for scoring, which needs 2 tokens and
+        no room for an answer); ``RequestError`` naming ``name`` otherwise (``code`` "context_length_exceeded"
+        when they do not fit)."""
+        return self.engine.validate_prompt(ids, name=name, perplexity=perplexity)
+
+    def check_queue_room(self, count: int = 1) -> None:
+        """``EngineBusyError`` when ``count`` more requests would not fit in the waiting queue."""
+        self.engine.check_queue_room(count)
+
+    # -- requests, one step at a time (for servers that drive the engine from their own loop) ------------------
+
+    def add_request(self, prompt_ids: Seq[int], gen_config: GenerationConfig | None = None) -> Sequence:
+        """Queue one generation request (validated; nothing is queued on error); read it with ``output_stream``."""
+        return self.engine.add_request(prompt_ids, gen_config)
+
+    def add_scoring_request(self, input_ids: Seq[int], top_logprobs: int | None = None) -> Sequence:
+        """Queue ``input_ids`` for scoring: once finished, ``seq.nll_sum / seq.nll_count`` is the mean
+        cross-entropy and, with ``top_logprobs=k``, ``prompt_logprobs(seq)`` each token's logprob and the top k."""
+        return self.engine.add_perplexity_request(input_ids, prompt_logprobs=top_logprobs)
+
+    @staticmethod
+    def prompt_logprobs(seq: Sequence) -> list[tuple[float, dict[int, float]]]:
+        """(logprob, {token: logprob} of the top k) of tokens 1..n-1 of a finished scoring request."""
+        if not seq.is_finished or len(seq.prompt_token_logprobs) != seq.num_tokens - 1:
+            raise RequestError("seq", "seq: expected a finished scoring request with top_logprobs set")
+        return list(seq.prompt_token_logprobs)
+
+    def step(self) -> list[Sequence]:
+        """One engine step; the requests that got a token or finished."""
+        return self.engine.step()
+
+    def run_until_done(self, seqs: list[Sequence]) -> Iterator[list[Sequence]]:
+        """Step until all of ``seqs`` have finished, yielding the updated requests after each step."""
+        return self.engine.run_until_done(seqs)
+
+    def abort(self, seq: Sequence) -> None:
+        """End a request (waiting or running) and free its KV cache; a finished one is left as it is."""
+        if not seq.is_finished:
+            self.engine.abort(seq)
+
     # -- prompts -------------------------------------------------------------------------------------------------
 
     def encode(self, prompt: Any, do_preprocess: bool = False) -> list[int]:
@@ -95,17 +172,21 @@ class Pipeline:
             return list(prompt)
         tokenizer = self.tokenizer
         if tokenizer is None:
-            raise ValueError(f"prompt: this model has no tokenizer, so expected token ids, got {type(prompt).__name__}")
+            raise RequestError(
+                "prompt", f"prompt: this model has no tokenizer, so expected token ids, got {type(prompt).__name__}"
+            )
         if isinstance(prompt, str) and not do_preprocess:
             return tokenizer.encode(prompt)
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if not (isinstance(messages, (list, tuple)) and all(isinstance(m, dict) for m in messages)):
-            raise TypeError(
-                "prompt: expected a string, a list of token ids or a list of {'role', 'content'} messages, "
+            raise RequestTypeError(
+                "prompt", "prompt: expected a string, a list of token ids or a list of {'role', 'content'} messages, "
                 f"got {type(prompt).__name__}"
             )
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("prompt: chat messages need a chat template, and this model's tokenizer has none")
+            raise RequestError(
+                "prompt", "prompt: chat messages need a chat template, and this model's tokenizer has none"
+            )
         text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         return tokenizer.encode(text, add_special_tokens=False)
 
@@ -116,10 +197,10 @@ class Pipeline:
         )
         items = [prompts] if single else list(prompts)
         if not items:
-            raise ValueError("prompts: expected at least one prompt, got an empty list")
+            raise RequestError("prompts", "prompts: expected at least one prompt, got an empty list")
         gens = list(gen_config) if isinstance(gen_config, (list, tuple)) else [gen_config] * len(items)
         if len(gens) != len(items):
-            raise ValueError(f"gen_config: expected one per prompt ({len(items)}), got {len(gens)}")
+            raise RequestError("gen_config", f"gen_config: expected one per prompt ({len(items)}), got {len(gens)}")
         ids = [self.encode(p, do_preprocess) for p in items]
         return single, ids, gens
 
@@ -191,7 +272,9 @@ class Pipeline:
         elif isinstance(input_ids, (list, tuple)) and input_ids:
             inputs = list(input_ids)
         else:
-            raise TypeError(f"input_ids: expected a list of token ids or a list of such lists, got {input_ids!r:.80}")
+            raise RequestTypeError(
+                "input_ids", f"input_ids: expected a list of token ids or a list of such lists, got {input_ids!r:.80}"
+            )
         return self.engine.get_ppl(inputs)
 
 

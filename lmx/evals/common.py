@@ -155,9 +155,7 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 
 def trained_length(pipe: Any) -> int | None:
     """The model's trained context (``max_position_embeddings``), when the pipeline exposes it."""
-    engine = getattr(pipe, "engine", None)
-    config = getattr(engine, "model_config", None)
-    value = getattr(config, "max_position_embeddings", None)
+    value = getattr(pipe, "max_position_embeddings", None)
     return int(value) if value else None
 
 

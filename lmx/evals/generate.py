@@ -28,7 +28,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser, *, max_new_tokens: in
 
 
 def gen_config_from_args(args: argparse.Namespace):
-    from lmx.engine.config import GenerationConfig
+    from lmx.engine import GenerationConfig
 
     sampling = args.temperature > 0 or args.top_p < 1.0 or args.top_k > 1
     return GenerationConfig(

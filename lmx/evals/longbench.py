@@ -121,7 +121,7 @@ def predict(
     pipe: Any, task_file: TaskFile, *, max_length: int, chat_template: bool, seed: int, bar: Any, setting: str
 ) -> None:
     """Fill ``item["pred"]`` for every item of the file."""
-    from lmx.engine.config import GenerationConfig
+    from lmx.engine import GenerationConfig
 
     task = task_file.task
     gen = GenerationConfig(

@@ -107,7 +107,7 @@ def run_niah(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Score every (setting, length, depth); ``grids[setting]`` is ``[depth][length]`` of keyword scores."""
-    from lmx.engine.config import GenerationConfig
+    from lmx.engine import GenerationConfig
 
     check_template(template)
     keywords = keywords or [answer]

@@ -107,7 +107,7 @@ def run_passkey(
     chat_template: bool = False,
 ) -> dict[str, Any]:
     """Run every (setting, length, round); returns ``{"summary": [...], "items": [...], "trained_length": ...}``."""
-    from lmx.engine.config import GenerationConfig
+    from lmx.engine import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, random_seed=seed)
     items: list[PasskeyItem] | None = None

@@ -78,7 +78,7 @@ def run_repeat(
     chat_template: bool = True,
     temperature: float = 0.0,
 ) -> dict[str, Any]:
-    from lmx.engine.config import GenerationConfig
+    from lmx.engine import GenerationConfig
 
     rng = np.random.RandomState(seed)
     counts = [n if n else int(rng.randint(1, max_n)) for _ in documents]

@@ -28,8 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmx.engine.config import GenerationConfig
-from lmx.engine.scheduler import EngineBusyError
+from lmx.engine import EngineBusyError, GenerationConfig, as_request_error
 
 from . import documents
 from .engine_loop import AsyncEngine, EngineDeadError, EngineError
@@ -71,14 +70,15 @@ def busy_error(e: Exception) -> APIError:
 
 
 def user_error(e: Exception, prompt_field: str) -> APIError:
-    """A ``ValueError``/``TypeError`` of the engine ("field: expected ..., got ...") as a 400 naming the field."""
-    message = str(e)
-    field = message.split(":", 1)[0].strip()
-    if field.startswith(("prompt", "input_ids")) and "do not fit" in message:
-        return APIError(400, message, prompt_field, "context_length_exceeded")
-    if field.startswith("prompt"):
-        return APIError(400, message, prompt_field)
-    return APIError(400, message, ENGINE_TO_API_FIELD.get(field, field or None))
+    """A request error of the engine (``RequestError``: its ``param`` and ``code``) as a 400 naming the request's
+    field; the engine's prompt arguments are ``prompt_field`` here."""
+    err = as_request_error(e)
+    param = err.param
+    if param is not None and param.startswith(("prompt", "input_ids")):
+        param = prompt_field
+    elif param is not None:
+        param = ENGINE_TO_API_FIELD.get(param, param)
+    return APIError(400, str(err), param, err.code)
 
 
 # -- request parsing -------------------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ class _Server:
 
     @property
     def session_len(self) -> int:
-        return self.engine.engine.max_sequence_len
+        return self.engine.pipe.max_sequence_len
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
@@ -306,7 +306,7 @@ class _Server:
 
     def check_queue(self, count: int = 1) -> None:
         try:
-            self.engine.check_queue_room(count)
+            self.engine.pipe.check_queue_room(count)
         except EngineBusyError as e:
             raise busy_error(e) from None
 
@@ -317,7 +317,7 @@ class _Server:
 
     def validate(self, ids: list[int], field: str, *, perplexity: bool = False) -> None:
         try:
-            self.engine.engine.validate_prompt(ids, name=field, perplexity=perplexity)
+            self.engine.pipe.validate(ids, name=field, perplexity=perplexity)
         except (ValueError, TypeError) as e:
             raise user_error(e, field) from None
 

@@ -1,6 +1,6 @@
 """The bridge between asyncio request handlers and the engine: one thread steps the engine, handlers await.
 
-``LLMEngine`` is not thread-safe, so exactly one thread (``lmx-engine``) touches it. Handlers submit commands
+The engine is not thread-safe, so exactly one thread (``lmx-engine``) steps the ``Pipeline``. Handlers submit commands
 (add a request, abort one) through a queue; the thread runs them between steps, steps the engine while anything
 is unfinished, and hands each request's news back to its event loop with ``call_soon_threadsafe``. Concurrent
 HTTP requests therefore share the engine's continuous batch instead of waiting for each other.
@@ -20,9 +20,10 @@ import queue
 import threading
 from typing import Any, AsyncIterator, Callable
 
-from lmx.engine import EngineBusyError, Response
+from lmx.engine import EngineBusyError, Response, as_request_error
 
-from .scoring import PromptScorer, TokenLogprob
+# Logprob of a token: (its logprob, {token id: logprob} of the top k tokens at that position).
+TokenLogprob = tuple[float, dict[int, float]]
 
 log = logging.getLogger("lmx.server")
 
@@ -49,9 +50,7 @@ class AsyncEngine:
 
     def __init__(self, pipe) -> None:
         self.pipe = pipe
-        self.engine = pipe.engine
         self.tokenizer = pipe.tokenizer
-        self.scorer = PromptScorer(self.engine)
         self._commands: queue.SimpleQueue[tuple[Callable[[], None], _Request]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
@@ -69,20 +68,10 @@ class AsyncEngine:
         self._wake.set()
         self._thread.join(timeout=30)
 
-    def check_queue_room(self, count: int) -> None:
-        """``EngineBusyError`` when ``count`` more requests would overflow the engine's waiting queue (checked
-        before a request starts, so it can still get a plain 503; the engine checks again when it queues)."""
-        limit = self.engine.scheduler.max_queued_requests
-        waiting = len(self.engine.scheduler.waiting)
-        if limit is not None and waiting + count > limit:
-            raise EngineBusyError(f"engine: {waiting} requests are already waiting (max_queued_requests={limit}); "
-                                  "try again later")  # fmt: skip
-
     @property
     def num_unfinished(self) -> int:
         """Requests in the engine (waiting or running); read from any thread, for health checks and tests."""
-        scheduler = self.engine.scheduler
-        return len(scheduler.waiting) + len(scheduler.running)
+        return self.pipe.num_unfinished
 
     # -- the asyncio side ----------------------------------------------------------------------------------------
 
@@ -92,7 +81,7 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         request = _Request("generate", lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
-        self._submit(request, lambda: self._add(request, lambda: self.engine.add_request(prompt_ids, gen_config)))
+        self._submit(request, lambda: self._add(request, lambda: self.pipe.add_request(prompt_ids, gen_config)))
         finished = False
         try:
             while True:
@@ -110,11 +99,11 @@ class AsyncEngine:
 
     async def score(self, input_ids: list[int], top_k: int = 0) -> list[TokenLogprob]:
         """Logprob (and top ``top_k``) of tokens 1..n-1 of ``input_ids`` given the tokens before each."""
-        return await self._one_shot("score", lambda: self.scorer.add(input_ids, top_k))
+        return await self._one_shot("score", lambda: self.pipe.add_scoring_request(input_ids, top_logprobs=top_k))
 
     async def ppl(self, input_ids: list[int]) -> float:
         """Mean cross-entropy of ``input_ids`` (LMDeploy's ``get_ppl``)."""
-        return await self._one_shot("ppl", lambda: self.engine.add_perplexity_request(input_ids))
+        return await self._one_shot("ppl", lambda: self.pipe.add_scoring_request(input_ids))
 
     async def _one_shot(self, kind: str, add: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -177,12 +166,12 @@ class AsyncEngine:
     def _loop(self) -> None:
         while not self._stopping:
             self._drain_commands()
-            if not self.engine.scheduler.has_unfinished():
+            if not self.pipe.has_unfinished():
                 self._wake.wait()
                 self._wake.clear()
                 continue
             try:
-                updated = self.engine.step()
+                updated = self.pipe.step()
             except Exception as e:  # the engine ended the step's requests with finish_reason "error"
                 log.exception("lmx engine step failed")
                 self._fail_finished(EngineError(f"engine step failed: {type(e).__name__}: {e}"))
@@ -209,7 +198,7 @@ class AsyncEngine:
             self._requests.pop(seq.seq_id, None)
             if not seq.is_finished:
                 try:
-                    self.engine.abort(seq)
+                    self.pipe.abort(seq)
                 except Exception:  # noqa: BLE001 - already failing; the request is dropped either way
                     log.exception("lmx engine: abort after a failed command failed too")
 
@@ -233,17 +222,12 @@ class AsyncEngine:
         if seq is None:
             return
         self._requests.pop(seq.seq_id, None)
-        if request.kind == "score":
-            self.scorer.forget(seq)
-        if not seq.is_finished:
-            self.engine.abort(seq)
+        self.pipe.abort(seq)
 
     def _fail_finished(self, error: Exception) -> None:
         for seq_id, request in list(self._requests.items()):
             if request.seq.is_finished:
                 del self._requests[seq_id]
-                if request.kind == "score":
-                    self.scorer.forget(request.seq)
                 request.sink(error)
 
     def _publish(self, updated: list) -> None:
@@ -260,14 +244,14 @@ class AsyncEngine:
     def _publish_one(self, request: _Request, seq) -> None:
         if seq.finish_reason == "error" and seq.error:  # this request's own sampling failed: a user error
             self._requests.pop(seq.seq_id, None)
-            request.sink(ValueError(seq.error))
+            request.sink(as_request_error(ValueError(seq.error)))
             return
         if request.kind == "generate":
             delta = self._delta(request, seq)
             if delta is not None:
                 request.sink(delta)
         elif seq.is_finished:
-            result = self.scorer.result(seq) if request.kind == "score" else seq.nll_sum / seq.nll_count
+            result = self.pipe.prompt_logprobs(seq) if request.kind == "score" else seq.nll_sum / seq.nll_count
             request.sink(result)
         if seq.is_finished:
             self._requests.pop(seq.seq_id, None)

@@ -10,7 +10,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmx.engine.config import (
+from lmx.engine import (
     LOGPROBS_MAX, MAX_NEW_TOKENS_MAX, REPETITION_PENALTY_RANGE, SEED_RANGE, TOP_K_MAX,
 )  # fmt: skip
 

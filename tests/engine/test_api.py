@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_import_lmx_is_cheap_and_lazy():
     code = (
@@ -38,3 +40,87 @@ def test_auto_dtype_on_a_cpu_without_bf16_units_is_float32():
     assert _resolve_dtype("auto", None, cpu) == expected  # a quantised GGUF
     assert _resolve_dtype("bfloat16", torch.float32, cpu) == torch.bfloat16  # an explicit choice stays
     assert _resolve_dtype("auto", torch.float32, cpu) == torch.float32
+
+
+# -- the Pipeline's public surface (what the server, the evals and lm-eval use) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tmp_path_factory):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from engine_helpers import fp32_engine_config, make_tiny_model
+
+    from lmx import pipeline
+
+    directory = tmp_path_factory.mktemp("api-model")
+    make_tiny_model(directory, "llama", "default", seed=3)
+    return pipeline(directory, engine_config=fp32_engine_config(session_len=96, num_blocks=8, max_queued_requests=2))
+
+
+def test_validate_raises_request_errors_carrying_the_parameter(tiny_pipe):
+    from lmx.engine import RequestError, RequestTypeError
+
+    assert tiny_pipe.validate([1, 2, 3]) == [1, 2, 3]
+    with pytest.raises(RequestError) as e:
+        tiny_pipe.validate([1] * 96, name="prompt[3]")
+    assert (e.value.param, e.value.code) == ("prompt[3]", "context_length_exceeded") and "do not fit" in str(e.value)
+    assert len(tiny_pipe.validate([1] * 96, name="input_ids", perplexity=True)) == 96  # no room for an answer needed
+    with pytest.raises(RequestError) as e:
+        tiny_pipe.validate([1, 100000], name="messages")
+    assert (e.value.param, e.value.code) == ("messages", None) and isinstance(e.value, ValueError)
+    with pytest.raises(RequestTypeError) as e:
+        tiny_pipe.validate("text")
+    assert e.value.param == "prompt" and isinstance(e.value, TypeError)
+    with pytest.raises(RequestError) as e:
+        tiny_pipe.validate([5], perplexity=True, name="input_ids")
+    assert e.value.param == "input_ids"
+
+
+def test_sizes_metrics_and_the_queue(tiny_pipe):
+    from lmx import GenerationConfig
+    from lmx.engine import EngineBusyError
+
+    assert tiny_pipe.max_sequence_len == 96 and tiny_pipe.max_position_embeddings == 64
+    metrics = tiny_pipe.metrics()
+    assert metrics["waiting"] == metrics["running"] == 0 and metrics["num_blocks"] == 8
+    assert metrics["free_blocks"] == 8 and metrics["block_size"] == 16 and metrics["max_queued_requests"] == 2
+    gen = GenerationConfig(max_new_tokens=3, ignore_eos=True)
+    seqs = [tiny_pipe.add_request([1, 2, 3], gen), tiny_pipe.add_request([4, 5], gen)]
+    assert tiny_pipe.num_unfinished == 2 and tiny_pipe.metrics()["waiting"] == 2
+    with pytest.raises(EngineBusyError):
+        tiny_pipe.check_queue_room(1)
+    streams = [tiny_pipe.output_stream(s, i) for i, s in enumerate(seqs)]
+    deltas = {0: [], 1: []}
+    while tiny_pipe.has_unfinished():
+        for seq in tiny_pipe.step():
+            delta = streams[seqs.index(seq)].next()
+            if delta is not None:
+                deltas[delta.index].append(delta)
+    assert tiny_pipe.num_unfinished == 0 and tiny_pipe.metrics()["free_blocks"] == 8
+    assert {"preemptions", "hit_rate"} <= set(metrics)  # the scheduler's and block manager's stats()
+    for i, seq in enumerate(seqs):
+        assert sum((d.token_ids for d in deltas[i]), []) == seq.output_ids and len(seq.output_ids) == 3
+        assert deltas[i][-1].finish_reason == "length" and deltas[i][-1].generate_token_len == 3
+    whole = tiny_pipe([[1, 2, 3], [4, 5]], gen_config=gen)
+    assert [r.token_ids for r in whole] == [s.output_ids for s in seqs]
+
+
+def test_scoring_requests_and_abort(tiny_pipe):
+    from lmx.engine import RequestError
+
+    seq = tiny_pipe.add_scoring_request([1, 2, 3, 4], top_logprobs=2)
+    with pytest.raises(RequestError):
+        tiny_pipe.prompt_logprobs(seq)  # not finished yet
+    for _ in tiny_pipe.run_until_done([seq]):
+        pass
+    scores = tiny_pipe.prompt_logprobs(seq)
+    assert len(scores) == 3 and all(len(top) <= 3 for _, top in scores)
+    mean = -sum(value for value, _ in scores) / 3
+    assert abs(mean - tiny_pipe.get_ppl([1, 2, 3, 4])[0]) < 1e-4
+    running = tiny_pipe.add_request([1, 2])
+    tiny_pipe.abort(running)
+    tiny_pipe.abort(running)  # a finished request is left as it is
+    assert running.finish_reason == "abort" and tiny_pipe.num_unfinished == 0

@@ -83,7 +83,7 @@ class FakePipeline:
         self.answer = answer
         self.session_len = session_len
         self.prompts: list[str] = []
-        self.engine = type("E", (), {"model_config": type("C", (), {"max_position_embeddings": trained})()})()
+        self.max_position_embeddings = trained
 
     def encode(self, prompt, do_preprocess=False):
         if isinstance(prompt, list):

@@ -108,7 +108,7 @@ def test_serve_limit_flags_reach_the_app(tiny_model_dir):
     assert (limits.max_body_bytes, limits.max_upload_bytes) == (2 * 1024 * 1024, 3 * 1024 * 1024)
     assert (limits.max_prompt_chars, limits.max_prompts_per_request) == (999, 5)
     assert (limits.max_pdf_pages, limits.pdf_timeout) == (9, 2.5)
-    assert app.state.engine.engine.scheduler.max_queued_requests == 7
+    assert app.state.engine.pipe.engine.scheduler.max_queued_requests == 7
     defaults = build_parser().parse_args(["serve"])
     assert (defaults.max_body_bytes, defaults.max_upload_bytes) == (32 * 1024 * 1024, 64 * 1024 * 1024)
     assert (defaults.max_prompt_chars, defaults.max_prompts_per_request, defaults.max_queued_requests) == (None, 64, 256)

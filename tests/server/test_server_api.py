@@ -195,7 +195,7 @@ def wait_idle(app, timeout: float = 30.0) -> None:
 
 def test_client_disconnect_mid_stream_frees_cache(server):
     url, app = server
-    blocks = app.state.engine.engine.block_manager
+    blocks = app.state.engine.pipe.engine.block_manager
     wait_idle(app)
     free_before = blocks.num_free_blocks
     body = {"prompt": PROMPT, "max_tokens": 200, "temperature": 0, "stream": True, "ignore_eos": True}
@@ -212,7 +212,7 @@ def test_client_disconnect_mid_stream_frees_cache(server):
 
 def test_client_disconnect_without_stream_frees_cache(server):
     url, app = server
-    blocks = app.state.engine.engine.block_manager
+    blocks = app.state.engine.pipe.engine.block_manager
     wait_idle(app)
     free_before = blocks.num_free_blocks
     # As many tokens as the session allows and a timeout far shorter than generating them takes, so the client

@@ -162,7 +162,7 @@ def test_prompt_characters_and_count_are_checked_before_tokenizing(limited, monk
 
 def test_full_waiting_queue_answers_503_with_retry_after(tiny_model_dir, monkeypatch):
     with serve(tiny_model_dir, config=engine_config(max_queued_requests=1, max_batch_size=1)) as (url, app):
-        engine = app.state.engine.engine
+        engine = app.state.engine.pipe.engine
         gate, real_step = threading.Event(), engine.step
 
         def held_step():  # the engine thread waits here, so the first request stays in the queue
@@ -334,7 +334,7 @@ def test_hostile_pdfs_are_400s(server, monkeypatch):
 
 def test_a_failing_command_fails_its_request_and_the_thread_survives(tiny_model_dir, monkeypatch):
     with serve(tiny_model_dir) as (url, app):
-        engine = app.state.engine.engine
+        engine = app.state.engine.pipe.engine
         real_add = engine.add_request
 
         def broken_add(*args, **kwargs):
@@ -362,7 +362,7 @@ def test_a_failing_command_fails_its_request_and_the_thread_survives(tiny_model_
 
 def test_health_is_503_when_the_engine_thread_died(tiny_model_dir, monkeypatch):
     with serve(tiny_model_dir) as (url, app):
-        scheduler = app.state.engine.engine.scheduler
+        scheduler = app.state.engine.pipe.engine.scheduler
 
         def broken(*args):
             raise RuntimeError("scheduler bug")

@@ -22,7 +22,7 @@ def test_64_concurrent_requests_equal_sequential(server):
     bodies = bench_server.make_requests(NUM_REQUESTS, seed=1, vocab_words=WORDS)
     assert {b["stream"] for b in bodies} == {True, False} and {"prompt" in b for b in bodies} == {True, False}
     steps = []
-    engine = app.state.engine.engine
+    engine = app.state.engine.pipe.engine
     original_step = engine.step
 
     def counting_step():
