@@ -1,8 +1,7 @@
 """``lmx``: the command line. ``lmx --help`` lists the subcommands; ``lmx CMD --help`` explains one.
 
 Each subcommand lives in its own module, which defines ``register(subparsers)``: it adds its parser and sets
-``handler`` (``handler(args) -> int | None``). A new subcommand (e.g. ``lmx serve``) is one more module named in
-``COMMAND_MODULES``; modules in ``OPTIONAL_COMMAND_MODULES`` are skipped while they do not exist yet.
+``handler`` (``handler(args) -> int | None``). A new subcommand is one more module named in ``COMMAND_MODULES``.
 
 User errors (``ValueError``, ``TypeError``, ``OSError``) end the command with one line on stderr and exit
 status 1; argparse's usage errors exit 2; ``LMX_DEBUG=1`` shows the traceback instead.
@@ -24,8 +23,8 @@ COMMAND_MODULES = (
     "lmx.evals.longbench",
     "lmx.evals.generate",  # generate, chat
     "lmx.evals.demo",
+    "lmx.server.cli",  # serve
 )
-OPTIONAL_COMMAND_MODULES = ("lmx.server.cli",)  # `lmx serve`, added by the server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,14 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
-    for name in OPTIONAL_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is not None and name.startswith(e.name):  # the module itself is absent, not one it imports
-                continue
-            raise
-        module.register(subparsers)
     return parser
 
 

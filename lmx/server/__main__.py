@@ -2,7 +2,7 @@
 
 import sys
 
-from lmx.serve_cli import main
+from lmx.server.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

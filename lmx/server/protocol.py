@@ -1,18 +1,26 @@
 """Request bodies of the OpenAI-compatible API (OpenAI's field names, plus vLLM's and LMDeploy's extras).
 
 Every model forbids unknown fields and is validated strictly (no "5" for 5), so a typo or a wrong type gets a
-400 that names the field instead of being silently ignored. Responses are plain dicts built in ``app.py``.
+400 that names the field instead of being silently ignored (``parse_body``). Responses are plain dicts built by the
+endpoint modules.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Union
+import asyncio
+import json
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmx.engine import (
     LOGPROBS_MAX, MAX_NEW_TOKENS_MAX, REPETITION_PENALTY_RANGE, SEED_RANGE, TOP_K_MAX,
 )  # fmt: skip
+
+from .errors import APIError
+
+JSON_PARSE_INLINE_BYTES = 64 * 1024  # larger bodies are parsed on a worker thread, so /health stays quick
 
 
 class _Strict(BaseModel):
@@ -101,3 +109,61 @@ class TokenizeRequest(_Strict):
 class DetokenizeRequest(_Strict):
     tokens: list[int]
     model: str | None = None
+
+
+# -- parsing ---------------------------------------------------------------------------------------------------------
+
+
+async def parse_body(request: Request, model: type[BaseModel]) -> Any:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        got = repr(content_type) if content_type else "none"
+        raise APIError(415, f"Content-Type: expected 'application/json', got {got}", None, "unsupported_media_type")
+    raw = await request.body()
+    try:
+        if len(raw) > JSON_PARSE_INLINE_BYTES:
+            return await asyncio.to_thread(model.model_validate_json, raw)
+        return model.model_validate_json(raw or b"")
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        err = errors[0]
+        loc = _param(err["loc"])
+        forms = [str(x) for x in err["loc"] if _is_type_tag(x)]
+        if err["type"] == "json_invalid":
+            raise APIError(400, f"body: expected a JSON object, got invalid JSON ({err['msg']})") from None
+        if err["type"] == "model_type" or err["type"] == "model_attributes_type":
+            raise APIError(400, f"body: expected a JSON object, got {raw[:40]!r}") from None
+        if err["type"] == "extra_forbidden":
+            raise APIError(400, f"{loc}: unknown field for {request.url.path}", loc, "unknown_field") from None
+        if err["type"] == "missing":
+            raise APIError(400, f"{loc}: required field is missing", loc, "missing_field") from None
+        got = err.get("input")
+        if forms:  # a union: name every accepted form rather than the first one pydantic tried
+            tags = sorted({_tag(x) for er in errors if _param(er["loc"]) == loc for x in er["loc"] if _is_type_tag(x)})
+            expected = f"one of: {', '.join(tags)}"
+        else:
+            expected = err["msg"][0].lower() + err["msg"][1:]
+        raise APIError(
+            400, f"{loc}: {expected}; got {_json_type(got)} {json.dumps(got)[:80]}", loc, "invalid_value"
+        ) from None
+
+
+def _is_type_tag(item) -> bool:
+    """pydantic puts the union member it tried into ``loc`` ('str', 'list[int]', 'function-after[...]')."""
+    return isinstance(item, str) and (item in ("str", "int", "float", "bool", "none") or "[" in item)
+
+
+def _tag(item: str) -> str:
+    return {"str": "a string", "list[int]": "a list of token ids", "list[str]": "a list of strings",
+            "list[list[int]]": "a list of token-id lists", "list[TextPart]": "a list of text parts",
+            "list[constrained-int]": "a list of token ids"}.get(item, item)  # fmt: skip
+
+
+def _param(loc) -> str | None:
+    return ".".join(str(x) for x in loc if not _is_type_tag(x)) or None
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+

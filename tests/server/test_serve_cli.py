@@ -95,7 +95,7 @@ def test_rope_scaling_factor_must_be_finite_in_every_command(command, value, cap
 
 def test_serve_limit_flags_reach_the_app(tiny_model_dir):
     from lmx.cli import build_parser
-    from lmx.serve_cli import build_app
+    from lmx.server.cli import build_app
 
     args = build_parser().parse_args([
         "serve", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32", "--threads", "1", "--num-blocks", "32",

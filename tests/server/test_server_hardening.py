@@ -17,9 +17,9 @@ from conftest import engine_config
 from server_helpers import running_server
 
 from lmx import GenerationConfig, pipeline
-from lmx.server import app as app_module
 from lmx.server import guards
 from lmx.server.app import create_app
+from lmx.server.errors import user_error
 from lmx.server.guards import ServerLimits
 
 PROMPT = "the man said that the old house was near the water"
@@ -103,7 +103,7 @@ def test_a_poisoned_request_fails_alone_and_the_others_are_unchanged(server):
     for t in threads:
         t.join()
     assert isinstance(error, ValueError) and str(error).startswith("repetition_penalty:"), error
-    answer = app_module.user_error(error, "prompt")
+    answer = user_error(error, "prompt")
     assert answer.status == 400 and answer.param == "repetition_penalty"
     assert results == solo
     assert engine.num_unfinished == 0
