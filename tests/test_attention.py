@@ -63,17 +63,19 @@ def test_sliding_window(gqa, window):
 def test_prefill_tiles(head_dim, gqa, window):
     """Long prefills and chunks: several key tiles of 256, query tiles whose rows are not whole vectors of 16,
     every channel-block remainder of the AVX-512 tiles (where the CPU has them; the BLAS tiles otherwise)."""
-    batch = make_paged_batch([700, 300, 40], [700, 45, 17], 2 * gqa, 2, head_dim, 16, torch.float32)
-    _check(*batch, sliding_window=window)
-    _check(*make_paged_batch([520], [520], 2 * gqa, 2, head_dim, 16, torch.bfloat16), sliding_window=window)
+    for dtype in (torch.float32, torch.bfloat16):  # odd key counts in the last tiles (bf16 pairs of keys)
+        batch = make_paged_batch([701, 301, 41], [701, 45, 17], 2 * gqa, 2, head_dim, 16, dtype)
+        _check(*batch, sliding_window=window)
 
 
 def test_isa_name_matches_the_cpu():
     flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
     isa = ops.build_info()["cpu_attention_isa"]
-    assert isa in ("avx512", "avx2", "baseline")
-    if isa == "avx512":
+    assert isa in ("avx512_bf16", "avx512", "avx2", "baseline")
+    if isa.startswith("avx512"):
         assert {"avx512f", "avx512dq", "avx512vl", "avx512bw"} <= set(flags)
+    if isa == "avx512_bf16":
+        assert "avx512_bf16" in flags
 
 
 @pytest.mark.parametrize("gqa", GQA_RATIOS)
@@ -123,25 +125,27 @@ def test_strided_query_and_out():
 
 @pytest.mark.parametrize("env", [{"LMX_NO_BLAS": "1"}, {"LMX_CPU_ISA": "baseline"},
                                  {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "baseline"}, {"LMX_CPU_ISA": "avx2"},
-                                 {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "avx2"}], ids=str)
+                                 {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "avx2"}, {"LMX_CPU_ISA": "avx512"}], ids=str)
 def test_other_code_paths(env):
-    """The portable loops, the baseline-ISA build and the AVX2 build without its AVX-512 tiles (BLAS tiles, or
-    the direct kernels without BLAS) give the same answers (the switches are read once per process, hence the
-    subprocess)."""
+    """The portable loops, the baseline-ISA build, the AVX2 build without its AVX-512 tiles (BLAS tiles, or the
+    direct kernels without BLAS) and the fp32 AVX-512 tiles for bf16 give the same answers (the switches are read
+    once per process, hence the subprocess; the ALiBi call takes the portable tiles, the plain one the others)."""
     code = (
         "import torch, lmx.ops as ops; from tests.helpers import make_paged_batch; from lmx import reference\n"
         f"env = {env!r}; info = ops.build_info()\n"
         "assert info['cpu_blas'] == ('LMX_NO_BLAS' not in env), info\n"
         "isa = env.get('LMX_CPU_ISA')\n"
-        "assert isa is None or info['cpu_attention_isa'] in {'baseline': ['baseline'], 'avx2': ['avx2', 'baseline']}[isa], info\n"
+        "allowed = {'baseline': ['baseline'], 'avx2': ['avx2', 'baseline'], 'avx512': ['avx512', 'avx2', 'baseline']}\n"
+        "assert isa is None or info['cpu_attention_isa'] in allowed[isa], info\n"
         "torch.manual_seed(0)\n"
         "slopes = torch.rand(8)\n"
         "for dtype in (torch.float32, torch.bfloat16, torch.float16):\n"
         "    b = make_paged_batch([300, 17, 2000], [300, 1, 1], 8, 2, 96, 16, dtype)\n"
-        "    out = ops.paged_attention(*b, 96 ** -0.5, alibi_slopes=slopes)\n"
-        "    ref = reference.paged_attention(*b, 96 ** -0.5, alibi_slopes=slopes)\n"
         "    tol = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]\n"
-        "    assert (out.double() - ref).abs().max() < tol, (dtype, (out.double() - ref).abs().max())\n"
+        "    for kw in ({'alibi_slopes': slopes}, {}):\n"
+        "        out = ops.paged_attention(*b, 96 ** -0.5, **kw)\n"
+        "        ref = reference.paged_attention(*b, 96 ** -0.5, **kw)\n"
+        "        assert (out.double() - ref).abs().max() < tol, (dtype, kw, (out.double() - ref).abs().max())\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, **env),
                    cwd=os.path.dirname(os.path.dirname(__file__)))

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "blas.h"
@@ -330,6 +331,167 @@ LMX_AVX512 void softmax_columns(float* st, int64_t ldr, int64_t kt, float* m, fl
 #pragma GCC diagnostic pop
 #endif  // LMX_DIRECT_KERNELS
 
+#if defined(LMX_DIRECT_KERNELS)
+// bf16 tiles for CPUs with AVX512-BF16: `vdpbf16ps` multiplies pairs of bf16 and accumulates in fp32, so K and Q
+// are used as they are in the cache and the activations (their products are exact in fp32; only the order of
+// the fp32 sums differs) and P is rounded to bf16 for P·V, as PyTorch's bf16 flash attention does. The pairs run
+// along the reduction: Qᵀ2 [D/2, ldr] holds (q[r, 2p], q[r, 2p + 1]) words, K's pairs are read from the cache
+// rows, V2 [kt/2, D] interleaves two keys' rows, Pᵀ2 [kt/2, ldr] two keys' probabilities. Scores stay unscaled
+// until the softmax, which takes the scale.
+#define LMX_AVX512BF16 __attribute__((target("avx512bf16,avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,f16c")))
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+inline uint32_t load_pair(const c10::BFloat16* p) {
+  uint32_t w;
+  std::memcpy(&w, p, sizeof(w));
+  return w;
+}
+
+template <int NV>
+LMX_AVX512BF16 inline void qk_block_bf16(const uint32_t* qt2, int64_t ldr, const c10::BFloat16* const* k,
+                                         int64_t D2, int64_t r0, float* st) {
+  __m512 acc[8][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t dp = 0; dp < D2; ++dp) {
+    __m512i q[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) q[v] = _mm512_loadu_si512(qt2 + dp * ldr + r0 + 16 * v);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const __m512i kb = _mm512_set1_epi32(static_cast<int32_t>(load_pair(k[i] + 2 * dp)));
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], (__m512bh)kb, (__m512bh)q[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(st + i * ldr + r0 + 16 * v, acc[i][v]);
+}
+
+// Sᵀ [kt8, ldr] (unscaled) from the kt8 key rows `k` (a multiple of 8; padding rows point at zeros).
+LMX_AVX512BF16 void qk_tiles_bf16(const uint32_t* qt2, int64_t ldr, const c10::BFloat16* const* k, int64_t kt8,
+                                  int64_t D, float* st) {
+  int64_t r0 = 0;
+  for (; r0 + 32 <= ldr; r0 += 32)
+    for (int64_t j0 = 0; j0 < kt8; j0 += 8) qk_block_bf16<2>(qt2, ldr, k + j0, D / 2, r0, st + j0 * ldr);
+  if (r0 < ldr)
+    for (int64_t j0 = 0; j0 < kt8; j0 += 8) qk_block_bf16<1>(qt2, ldr, k + j0, D / 2, r0, st + j0 * ldr);
+}
+
+template <int R, int NV>
+LMX_AVX512BF16 inline void pv_block_bf16(const uint32_t* pt2, int64_t ldr, const uint32_t* v2, int64_t D,
+                                         int64_t kt2, int64_t r0, int64_t d0, const float* alpha, float* acc) {
+  __m512 a[R][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) {
+    const __m512 al = _mm512_set1_ps(alpha[r0 + i]);
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) a[i][u] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + (r0 + i) * D + d0 + 16 * u));
+  }
+  for (int64_t jp = 0; jp < kt2; ++jp) {
+    __m512i vv[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) vv[u] = _mm512_loadu_si512(v2 + jp * D + d0 + 16 * u);
+    const uint32_t* pj = pt2 + jp * ldr + r0;
+#pragma GCC unroll 6
+    for (int i = 0; i < R; ++i) {
+      const __m512i p = _mm512_set1_epi32(static_cast<int32_t>(pj[i]));
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) a[i][u] = _mm512_dpbf16_ps(a[i][u], (__m512bh)p, (__m512bh)vv[u]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + (r0 + i) * D + d0 + 16 * u, a[i][u]);
+}
+
+template <int NV>
+LMX_AVX512BF16 void pv_rows_bf16(const uint32_t* pt2, int64_t ldr, const uint32_t* v2, int64_t D, int64_t kt2,
+                                 int64_t rows, int64_t d0, const float* alpha, float* acc) {
+  int64_t r0 = 0;
+  for (; r0 + 6 <= rows; r0 += 6) pv_block_bf16<6, NV>(pt2, ldr, v2, D, kt2, r0, d0, alpha, acc);
+  switch (rows - r0) {
+    case 5: pv_block_bf16<5, NV>(pt2, ldr, v2, D, kt2, r0, d0, alpha, acc); break;
+    case 4: pv_block_bf16<4, NV>(pt2, ldr, v2, D, kt2, r0, d0, alpha, acc); break;
+    case 3: pv_block_bf16<3, NV>(pt2, ldr, v2, D, kt2, r0, d0, alpha, acc); break;
+    case 2: pv_block_bf16<2, NV>(pt2, ldr, v2, D, kt2, r0, d0, alpha, acc); break;
+    case 1: pv_block_bf16<1, NV>(pt2, ldr, v2, D, kt2, r0, d0, alpha, acc); break;
+    default: break;
+  }
+}
+
+LMX_AVX512BF16 void pv_tiles_bf16(const uint32_t* pt2, int64_t ldr, const uint32_t* v2, int64_t D, int64_t kt2,
+                                  int64_t rows, const float* alpha, float* acc) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) pv_rows_bf16<4>(pt2, ldr, v2, D, kt2, rows, d0, alpha, acc);
+  switch ((D - d0) / 16) {
+    case 3: pv_rows_bf16<3>(pt2, ldr, v2, D, kt2, rows, d0, alpha, acc); break;
+    case 2: pv_rows_bf16<2>(pt2, ldr, v2, D, kt2, rows, d0, alpha, acc); break;
+    case 1: pv_rows_bf16<1>(pt2, ldr, v2, D, kt2, rows, d0, alpha, acc); break;
+    default: break;
+  }
+}
+
+// Two keys' rows (b may be null: zeros) interleaved into words (a[d], b[d]); D a multiple of 16.
+LMX_AVX512BF16 void interleave_rows(const c10::BFloat16* a, const c10::BFloat16* b, int64_t D, uint32_t* dst) {
+  for (int64_t d = 0; d < D; d += 16) {
+    const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + d)));
+    const __m512i hi = b == nullptr ? _mm512_setzero_si512()
+                                    : _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + d)));
+    _mm512_storeu_si512(dst + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
+LMX_AVX512BF16 inline __m512i pack_pair(__m512 p0, __m512 p1) {
+  const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(p0));
+  const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(p1));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
+// softmax_columns for unscaled scores: m and l are in scaled units; probabilities go to Pᵀ2 as bf16 pairs.
+LMX_AVX512BF16 void softmax_columns_bf16(const float* st, int64_t ldr, int64_t kt, float scale, float* m, float* l,
+                                         float* alpha, uint32_t* pt2) {
+  const __m512 neg_inf = _mm512_set1_ps(kNegInf), sc = _mm512_set1_ps(scale);
+  for (int64_t r0 = 0; r0 < ldr; r0 += 16) {
+    const __m512 m_old = _mm512_loadu_ps(m + r0);
+    __m512 mx0 = neg_inf, mx1 = neg_inf;
+    int64_t j = 0;
+    for (; j + 2 <= kt; j += 2) {
+      mx0 = _mm512_max_ps(mx0, _mm512_loadu_ps(st + j * ldr + r0));
+      mx1 = _mm512_max_ps(mx1, _mm512_loadu_ps(st + (j + 1) * ldr + r0));
+    }
+    if (j < kt) mx0 = _mm512_max_ps(mx0, _mm512_loadu_ps(st + j * ldr + r0));
+    const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(_mm512_max_ps(mx0, mx1), sc));  // scale > 0
+    const __mmask16 none = _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ);
+    const __m512 shift = _mm512_mask_blend_ps(none, m_new, _mm512_setzero_ps());
+    const __m512 a = exp16_nonpositive(_mm512_sub_ps(m_old, shift));
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    for (j = 0; j + 2 <= kt; j += 2) {
+      const __m512 p0 = exp16_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(st + j * ldr + r0), sc, shift));
+      const __m512 p1 = exp16_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(st + (j + 1) * ldr + r0), sc, shift));
+      _mm512_storeu_si512(pt2 + (j / 2) * ldr + r0, pack_pair(p0, p1));
+      sum0 = _mm512_add_ps(sum0, p0);
+      sum1 = _mm512_add_ps(sum1, p1);
+    }
+    if (j < kt) {
+      const __m512 p0 = exp16_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(st + j * ldr + r0), sc, shift));
+      _mm512_storeu_si512(pt2 + (j / 2) * ldr + r0, pack_pair(p0, _mm512_setzero_ps()));
+      sum0 = _mm512_add_ps(sum0, p0);
+    }
+    _mm512_storeu_ps(l + r0, _mm512_fmadd_ps(_mm512_loadu_ps(l + r0), a, _mm512_add_ps(sum0, sum1)));
+    _mm512_storeu_ps(m + r0, m_new);
+    _mm512_storeu_ps(alpha + r0, a);
+  }
+}
+#pragma GCC diagnostic pop
+#endif  // LMX_DIRECT_KERNELS
+
 struct WorkItem {
   int64_t seq;
   int64_t kv_head;    // first kv head of the item
@@ -347,6 +509,8 @@ template <typename scalar_t>
 struct Scratch {
   std::vector<float> q, k, v, s, acc, m, l;
   std::vector<float> qt, alpha;                  // AVX-512 tiles: Qᵀ [D, ldr], the softmax's rescale factors
+  std::vector<uint32_t> qt2, pt2, v2;            // AVX512-BF16 tiles: bf16 pairs of Qᵀ, Pᵀ and V
+  std::vector<uint16_t> zero_row;                // AVX512-BF16 tiles: the key row of padding keys
   std::vector<const scalar_t*> k_rows, v_rows;  // direct kernels: cache row [Hkv, D] of each key of the tile
   std::vector<int64_t> row_offset;               // direct kernels: offset of each row's kv head in a cache row
   void reserve(int64_t rows, int64_t head_dim) {
@@ -360,6 +524,12 @@ struct Scratch {
     l.resize(padded);
     qt.resize(padded * head_dim);
     alpha.resize(padded);
+    if (std::is_same_v<scalar_t, c10::BFloat16>) {
+      qt2.resize(padded * (head_dim / 2));
+      pt2.resize(padded * (kKeyTile / 2));
+      v2.resize((kKeyTile / 2) * head_dim);
+      zero_row.assign(head_dim, 0);
+    }
     row_offset.resize(rows);
     k_rows.resize(kKeyTile);
     v_rows.resize(kKeyTile);
@@ -374,7 +544,8 @@ class PagedAttention {
       : p_(p), out_(out), query_(query), k_cache_(k_cache), v_cache_(v_cache), group_(p.num_q_heads / p.num_kv_heads),
         q_tile_(std::max<int64_t>(1, kRowsPerTile / group_)),
         block_shift_(__builtin_ctzll(static_cast<unsigned long long>(p.block_size))),  // a power of two (checked)
-        block_mask_(p.block_size - 1), tiles512_(kDirect && cpu_avx512_tiles()) {}
+        block_mask_(p.block_size - 1), tiles512_(kDirect && cpu_avx512_tiles()),
+        tiles_bf16_(kDirect && std::is_same_v<scalar_t, c10::BFloat16> && cpu_avx512_bf16_tiles()) {}
 
   void run() {
     build_work();
@@ -478,7 +649,7 @@ class PagedAttention {
     const int64_t D = p_.head_dim, G = group_, HQ = w.kv_heads * G, rows = w.q_count * HQ;
 #if defined(LMX_DIRECT_KERNELS)
     if (tiles512_ && rows >= 16 && w.kv_heads == 1 && p_.alibi_slopes == nullptr && D % 16 == 0)
-      return process_tiles512(w, sc);
+      return tiles_bf16_ ? process_tiles_bf16(w, sc) : process_tiles512(w, sc);
 #endif
     const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
     const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin;  // position of the tile's first query
@@ -655,6 +826,55 @@ class PagedAttention {
     }
     finish(w, sc, token0);
   }
+
+  // process_tiles512 with the AVX512-BF16 tiles (bf16 activations only): no fp32 staging of Q or K, V staged as
+  // interleaved key pairs, the scale applied in the softmax.
+  void process_tiles_bf16(const WorkItem& w, Scratch<scalar_t>& sc) const {
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      const int64_t D = p_.head_dim, G = group_, rows = w.q_count * G, ldr = (rows + 15) / 16 * 16;
+      const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
+      const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin, last_pos = first_pos + w.q_count - 1;
+      const int64_t token0 = p_.cu_seqlens_q[w.seq] + w.q_begin;
+      uint32_t* qt2 = sc.qt2.data();
+      std::fill(qt2, qt2 + (D / 2) * ldr, 0u);
+      for (int64_t i = 0; i < w.q_count; ++i)
+        for (int64_t qh = 0; qh < G; ++qh) {
+          const scalar_t* src =
+              query_.data + (token0 + i) * query_.token_stride + (w.kv_head * G + qh) * query_.head_stride;
+          const int64_t r = i * G + qh;
+          for (int64_t dp = 0; dp < D / 2; ++dp) qt2[dp * ldr + r] = load_pair(src + 2 * dp);
+        }
+      std::fill(sc.acc.begin(), sc.acc.begin() + rows * D, 0.0f);
+      std::fill(sc.m.begin(), sc.m.begin() + ldr, kNegInf);
+      std::fill(sc.l.begin(), sc.l.begin() + ldr, 0.0f);
+      float* st = sc.s.data();
+      const scalar_t* zero = reinterpret_cast<const scalar_t*>(sc.zero_row.data());
+      for (int64_t j0 = w.key_begin; j0 < w.key_end; j0 += kKeyTile) {
+        const int64_t j1 = std::min(w.key_end, j0 + kKeyTile), kt = j1 - j0, kt8 = (kt + 7) / 8 * 8;
+        const int64_t kt2 = (kt + 1) / 2;
+        row_pointers(k_cache_, w.seq, w.kv_head, j0, j1, sc.k_rows.data());
+        std::fill(sc.k_rows.begin() + kt, sc.k_rows.begin() + kt8, zero);
+        row_pointers(v_cache_, w.seq, w.kv_head, j0, j1, sc.v_rows.data());
+        for (int64_t jp = 0; jp < kt2; ++jp)
+          interleave_rows(sc.v_rows[2 * jp], 2 * jp + 1 < kt ? sc.v_rows[2 * jp + 1] : nullptr, D,
+                          sc.v2.data() + jp * D);
+        qk_tiles_bf16(qt2, ldr, sc.k_rows.data(), kt8, D, st);
+        const bool full = (j1 - 1 <= first_pos) && (p_.sliding_window <= 0 || last_pos - j0 < p_.sliding_window);
+        if (!full)
+          for (int64_t j = 0; j < kt; ++j) {
+            const int64_t key = j0 + j;
+            float* col = st + j * ldr;
+            std::fill(col, col + std::clamp<int64_t>((key - first_pos) * G, 0, rows), kNegInf);
+            if (p_.sliding_window > 0)
+              std::fill(col + std::clamp<int64_t>((key + p_.sliding_window - first_pos) * G, 0, rows), col + rows,
+                        kNegInf);
+          }
+        softmax_columns_bf16(st, ldr, kt, p_.scale, sc.m.data(), sc.l.data(), sc.alpha.data(), sc.pt2.data());
+        pv_tiles_bf16(sc.pt2.data(), ldr, sc.v2.data(), D, kt2, rows, sc.alpha.data(), sc.acc.data());
+      }
+      finish(w, sc, token0);
+    }
+  }
 #endif
 
   // out = Σ_s acc_s e^{m_s - M} / Σ_s l_s e^{m_s - M}, M = max_s m_s, all in fp32.
@@ -697,7 +917,8 @@ class PagedAttention {
   const int64_t q_tile_;
   const int64_t block_shift_;  // log2(block_size)
   const int64_t block_mask_;
-  const bool tiles512_;  // the AVX-512 tiles replace BLAS for many-row items
+  const bool tiles512_;    // the AVX-512 tiles replace BLAS for many-row items
+  const bool tiles_bf16_;  // bf16 activations: the AVX512-BF16 tiles
   std::vector<WorkItem> work_;
   std::vector<Merge> merges_;
   mutable std::vector<float> partial_acc_, partial_m_, partial_l_;

@@ -25,8 +25,8 @@ LMX_DECLARE_ISA(avx2)
 #endif
 
 namespace {
-// LMX_CPU_ISA=baseline forces the portable build, LMX_CPU_ISA=avx2 the AVX2 build without its AVX-512 tiles
-// (tests use them to cover every path).
+// LMX_CPU_ISA=baseline forces the portable build, LMX_CPU_ISA=avx2 the AVX2 build without its AVX-512 tiles,
+// LMX_CPU_ISA=avx512 the fp32 AVX-512 tiles for bf16 too (tests use them to cover every path).
 bool use_avx2() {
 #if defined(LMX_HAVE_AVX2)
   static const bool yes = [] {
@@ -55,6 +55,19 @@ bool cpu_avx512_tiles() {
 #endif
 }
 
+bool cpu_avx512_bf16_tiles() {
+#if defined(LMX_HAVE_AVX2)
+  static const bool yes = [] {
+    const char* isa = std::getenv("LMX_CPU_ISA");
+    if (isa != nullptr && std::strcmp(isa, "avx512") == 0) return false;
+    return cpu_avx512_tiles() && __builtin_cpu_supports("avx512bf16");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
 sgemm_fn blas_sgemm() {
   static const sgemm_fn fn = [] {
     const char* off = std::getenv("LMX_NO_BLAS");
@@ -70,7 +83,9 @@ void blas_restore_threads(int previous) {
   if (&MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
 }
 
-const char* attention_isa() { return cpu_avx512_tiles() ? "avx512" : use_avx2() ? "avx2" : "baseline"; }
+const char* attention_isa() {
+  return cpu_avx512_bf16_tiles() ? "avx512_bf16" : cpu_avx512_tiles() ? "avx512" : use_avx2() ? "avx2" : "baseline";
+}
 
 template <typename scalar_t>
 void paged_attention(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,

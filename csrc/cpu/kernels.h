@@ -78,12 +78,17 @@ void paged_attention(const AttentionParams& p,
   template void paged_attention<T>(const AttentionParams&, TokenHeadView<T>, TokenHeadView<const T>, const T*, \
                                    const T*);
 
-// Name of the instruction set paged_attention uses on this machine: "avx512" (the AVX2 build with AVX-512 tiles
-// for prefill), "avx2" or "baseline". LMX_CPU_ISA=avx2 or =baseline forces the narrower ones.
+// Name of the instruction set paged_attention uses on this machine: "avx512_bf16" (the AVX2 build with AVX-512
+// tiles for prefill, AVX512-BF16 ones for bf16), "avx512", "avx2" or "baseline". LMX_CPU_ISA=avx512, =avx2 or
+// =baseline forces the narrower ones.
 const char* attention_isa();
 
 // Whether the AVX2 build multiplies its prefill tiles with its AVX-512 kernels (the CPU has AVX-512F and
 // LMX_CPU_ISA does not ask for avx2 or baseline) instead of the BLAS.
 bool cpu_avx512_tiles();
+
+// Whether bf16 activations use the AVX512-BF16 tiles (bf16 pair dot products, P rounded to bf16) on top of
+// cpu_avx512_tiles(): the CPU has AVX512-BF16 and LMX_CPU_ISA does not ask for avx512 (fp32 tiles) or narrower.
+bool cpu_avx512_bf16_tiles();
 
 }  // namespace lmx::cpu
