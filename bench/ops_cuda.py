@@ -55,7 +55,7 @@ def bench_decode(ops, dtype, rows):
     for B, L, Hq, Hkv, D in [(1, 32768, 32, 8, 128), (16, 4096, 32, 8, 128), (64, 2048, 32, 8, 128),
                              (8, 131072, 32, 8, 128)]:
         args = paged(B, L, Hq, Hkv, D, 16, dtype, 1)
-        ms = timed(lambda: ops.paged_attention(*args, D**-0.5))
+        ms = timed(lambda args=args, D=D: ops.paged_attention(*args, D**-0.5))
         kv_bytes = 2 * B * L * Hkv * D * args[0].element_size()
         ref = copy_ms(kv_bytes)
         rows.append(dict(bench="decode", shape=f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}", ms=ms, baseline="copy",
@@ -67,14 +67,18 @@ def bench_prefill(ops, dtype, rows):
 
     for B, L, H, D in [(1, 4096, 32, 128), (4, 2048, 32, 128), (1, 16384, 32, 128)]:
         args = paged(B, L, H, H, D, 16, dtype, L)
-        ms = timed(lambda: ops.paged_attention(*args, D**-0.5), iters=5)
+        ms = timed(lambda args=args, D=D: ops.paged_attention(*args, D**-0.5), iters=5)
         q = torch.randn(B, H, L, D, dtype=dtype, device="cuda")
         k, v = torch.randn_like(q), torch.randn_like(q)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            ref = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), iters=5)
+            ref = timed(lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                        iters=5)
         flops = 2 * 2 * B * H * L * L * D / 2  # causal: half of QK^T and PV
-        rows.append(dict(bench="prefill", shape=f"B={B} L={L} H={H} D={D}", ms=ms, baseline="sdpa-flash",
-                         baseline_ms=ref, tflops=flops / ms / 1e9, baseline_tflops=flops / ref / 1e9))
+        # The glue's choice (csrc/cuda/launchers.h): tensor cores (wmma) for fp16 / bf16 with head_dim % 16 == 0.
+        kernel = "prefill-wmma" if dtype in (torch.float16, torch.bfloat16) and D % 16 == 0 else "prefill-simt"
+        rows.append(dict(bench="prefill", kernel=kernel, shape=f"B={B} L={L} H={H} D={D}", ms=ms,
+                         baseline="sdpa-flash", baseline_ms=ref, tflops=flops / ms / 1e9,
+                         baseline_tflops=flops / ref / 1e9))
 
 
 def bench_rope_cache(ops, dtype, rows):
@@ -90,7 +94,7 @@ def bench_rope_cache(ops, dtype, rows):
         vc = torch.empty_like(kc)
         slots = torch.arange(T, device="cuda")
         pos = torch.arange(T, device="cuda")
-        ms = timed(lambda: ops.rotary_embedding_and_cache(q, k, v, kc, vc, slots, pos, rope))
+        ms = timed(lambda a=(q, k, v, kc, vc, slots, pos, rope): ops.rotary_embedding_and_cache(*a))
         moved = (2 * q.numel() + 2 * k.numel() + v.numel() + 2 * k.numel()) * q.element_size()  # read + write
         ref = copy_ms(moved // 2)
         rows.append(dict(bench="rope+cache", shape=f"T={T} Hq={Hq} Hkv={Hkv} D={D}", ms=ms, baseline="copy",

@@ -87,8 +87,19 @@ template <typename T>
 void launch_paged_attention_prefill(const PagedAttentionArgs& a, HeadsView<T> out, HeadsView<const T> query,
                                     const T* k_cache, const T* v_cache, cudaStream_t stream);
 
-// The glue's choice between the two (both are correct for every input): decode when there is about one query
-// per sequence.
+// Prefill / chunked-prefill kernel on tensor cores (nvcuda::wmma m16n16k16, fp32 accumulators, online softmax in
+// fp32), fp16 and bf16 only (T = __half or __nv_bfloat16), head dims that are multiples of 16
+// (prefill_wmma_supported). Same inputs and results as launch_paged_attention_prefill, up to rounding.
+bool prefill_wmma_supported(const PagedAttentionArgs& a);
+template <typename T>
+void launch_paged_attention_prefill_wmma(const PagedAttentionArgs& a, HeadsView<T> out, HeadsView<const T> query,
+                                         const T* k_cache, const T* v_cache, cudaStream_t stream);
+
+// The glue's choice between the kernels (all are correct for every input they take): decode when there is about one
+// query per sequence; otherwise the tensor-core prefill kernel for fp16 / bf16 with head_dim % 16 == 0, the
+// CUDA-core one for the rest. fp32 stays on CUDA cores: wmma has no fp32 inputs, and TF32 (10-bit mantissas) would
+// give up the fp32 accuracy the op promises (the CPU kernels' and the reference's).
 inline bool use_decode_kernel(const PagedAttentionArgs& a) { return a.num_tokens <= a.num_seqs; }
+inline bool use_prefill_wmma(const PagedAttentionArgs& a, bool is_16bit) { return is_16bit && prefill_wmma_supported(a); }
 
 }  // namespace lmx::cuda

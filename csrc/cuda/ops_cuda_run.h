@@ -88,16 +88,19 @@ inline void run_reshape_and_cache(const at::Tensor& key, const at::Tensor& value
   });
 }
 
-enum class AttentionKernel { kAuto, kDecode, kPrefill };
+// kAuto: the glue's choice (use_decode_kernel, then use_prefill_wmma); kPrefill: the prefill kernel the glue would
+// take (tensor cores when use_prefill_wmma); kPrefillSimt / kPrefillWmma force one (tests).
+enum class AttentionKernel { kAuto, kDecode, kPrefill, kPrefillSimt, kPrefillWmma };
 
 // partition_size: decode split size in keys (0: the default); tests make it small to cross many splits.
-inline void run_paged_attention(const AttentionShape& s, at::Tensor& out, const at::Tensor& query,
-                                const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& block_tables,
-                                const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
-                                const std::optional<at::Tensor>& alibi_slopes, AttentionKernel kernel,
-                                int partition_size, cudaStream_t stream) {
+// Returns the kernel that ran (kDecode, kPrefillSimt or kPrefillWmma; kAuto when there was nothing to do).
+inline AttentionKernel run_paged_attention(const AttentionShape& s, at::Tensor& out, const at::Tensor& query,
+                                           const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                           const at::Tensor& block_tables, const at::Tensor& seq_lens,
+                                           const at::Tensor& cu_seqlens_q, const std::optional<at::Tensor>& alibi_slopes,
+                                           AttentionKernel kernel, int partition_size, cudaStream_t stream) {
   const char* op = "paged_attention";
-  if (s.num_tokens == 0 || s.num_seqs == 0) return;
+  if (s.num_tokens == 0 || s.num_seqs == 0) return AttentionKernel::kAuto;
   check_pair_aligned(op, "k_cache", k_cache);
   check_pair_aligned(op, "v_cache", v_cache);
   PagedAttentionArgs a;
@@ -115,20 +118,31 @@ inline void run_paged_attention(const AttentionShape& s, at::Tensor& out, const 
   a.seq_lens = seq_lens.data_ptr<int32_t>();
   a.cu_seqlens_q = cu_seqlens_q.data_ptr<int32_t>();
   a.alibi_slopes = alibi_slopes ? alibi_slopes->data_ptr<float>() : nullptr;
-  const bool decode = kernel == AttentionKernel::kDecode || (kernel == AttentionKernel::kAuto && use_decode_kernel(a));
+  const bool is_16bit = query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
+  AttentionKernel which = kernel;
+  if (which == AttentionKernel::kAuto) which = use_decode_kernel(a) ? AttentionKernel::kDecode : AttentionKernel::kPrefill;
+  if (which == AttentionKernel::kPrefill)
+    which = use_prefill_wmma(a, is_16bit) ? AttentionKernel::kPrefillWmma : AttentionKernel::kPrefillSimt;
+  LMX_CHECK(which != AttentionKernel::kPrefillWmma || use_prefill_wmma(a, is_16bit),
+            "kernel: the tensor-core prefill kernel takes float16 / bfloat16 with head_dim % 16 == 0, got ",
+            query.scalar_type(), " with head_dim ", a.head_dim);
   LMX_DISPATCH_FLOAT(query.scalar_type(), "lmx_paged_attention_cuda", [&] {
     using T_ = typename CudaTypeOf<scalar_t>::type;
     const T_* kc = static_cast<const T_*>(k_cache.data_ptr());
     const T_* vc = static_cast<const T_*>(v_cache.data_ptr());
-    if (decode) {
+    if (which == AttentionKernel::kDecode) {
       const size_t bytes = decode_workspace_bytes(a, partition_size);
       at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, query.options().dtype(at::kByte));
       launch_paged_attention_decode<T_>(a, heads_view<T_>(out), heads_view_const<T_>(query), kc, vc,
                                         bytes ? workspace.data_ptr() : nullptr, partition_size, stream);
+    } else if (which == AttentionKernel::kPrefillWmma) {
+      if constexpr (!std::is_same_v<T_, float>)
+        launch_paged_attention_prefill_wmma<T_>(a, heads_view<T_>(out), heads_view_const<T_>(query), kc, vc, stream);
     } else {
       launch_paged_attention_prefill<T_>(a, heads_view<T_>(out), heads_view_const<T_>(query), kc, vc, stream);
     }
   });
+  return which;
 }
 
 }  // namespace lmx::cuda

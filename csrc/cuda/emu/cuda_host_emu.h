@@ -13,8 +13,11 @@
 // Checked: deadlock (no runnable thread), a barrier reached after some threads exited, lanes of one collective
 // using different masks or calling outside their mask, launch limits (threads per block, grid.y/z, dynamic
 // shared memory over 48 KiB without cudaFuncSetAttribute, over 163 KiB at all).
-// Not modelled: the memory model beyond barriers, timing, coalescing, bank conflicts, tensor cores, cp.async,
-// TMA, clusters, inline PTX, anything under __CUDA_ARCH__.
+// Whole-warp operations (warp_operation: the emulated nvcuda::wmma of emu/mma_emu.h) must be reached by all 32 lanes
+// with the same arguments; a lane that exited, a partial warp, or lanes in different operations are reported.
+// Not modelled: the memory model beyond barriers (a warp collective also orders memory here, so a missing
+// __syncwarp around wmma stores goes unseen), timing, coalescing, bank conflicts, tensor cores beyond wmma's
+// results, mma.sync / wgmma PTX, cp.async, TMA, clusters, inline PTX, anything under __CUDA_ARCH__.
 //
 // Configuration: lmx_emu::configure(schedule, seed, threads) or the environment (LMX_EMU_SCHEDULE, LMX_EMU_SEED,
 // LMX_EMU_THREADS), read once.
@@ -120,12 +123,26 @@ struct Fiber {
   uint3 tid{};
 };
 
-enum class Collective : int { kShuffle, kBallot };
+enum class Collective : int { kShuffle, kBallot, kWarpOp };
+
+// A whole-warp operation (the emulated wmma, csrc/cuda/emu/mma_emu.h) and the arguments all its lanes must share.
+struct WarpOp {
+  const char* name;
+  const void* ptr;
+  unsigned ldm;
+  int layout;
+  uint64_t value;
+  bool operator==(const WarpOp& o) const {
+    return std::strcmp(name, o.name) == 0 && ptr == o.ptr && ldm == o.ldm && layout == o.layout && value == o.value;
+  }
+};
 
 struct WarpState {
   uint64_t value[32];
   int source[32];
   uint64_t result[32];
+  void* data[32];
+  WarpOp op{"", nullptr, 0, 0, 0};
   unsigned arrived = 0, mask = 0;
   Collective kind = Collective::kShuffle;
 };
@@ -150,7 +167,11 @@ struct BlockRun {
 inline thread_local BlockRun* tl_run = nullptr;
 
 inline int linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
-inline void* dynamic_smem() { return tl_run->smem.data(); }
+// Dynamic shared memory, 128-byte aligned (wmma pointers must be 32-byte aligned; nvcc's window is aligned too).
+inline unsigned char* smem_base(BlockRun& r) {
+  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(r.smem.data()) + 127) & ~uintptr_t{127});
+}
+inline void* dynamic_smem() { return smem_base(*tl_run); }
 
 [[noreturn]] inline void fail(const std::string& what) { throw std::runtime_error("lmx_emu: " + what); }
 
@@ -204,7 +225,8 @@ inline uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, 
     w.mask = mask;
     w.kind = kind;
   } else if (w.mask != mask || w.kind != kind) {
-    fail(where() + ": lanes of warp " + std::to_string(warp) + " meet in different collectives or masks");
+    fail(where() + ": lanes of warp " + std::to_string(warp) + " meet in different collectives or masks" +
+         (w.kind == Collective::kWarpOp ? std::string(" (others wait in ") + w.op.name + ")" : std::string()));
   }
   w.value[lane] = value;
   w.source[lane] = source;
@@ -233,6 +255,46 @@ inline uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, 
   return w.result[lane];
 }
 
+// One whole-warp operation: all 32 lanes of the warp arrive with the same `op` and their own `data`; the last to
+// arrive runs `run(op, data of lanes 0..31)` for all of them. Divergence is reported, not waited out.
+inline void warp_operation(const WarpOp& op, void* data, void (*run)(const WarpOp&, void* const* lanes)) {
+  BlockRun& r = *tl_run;
+  const int t = linear_tid(), lane = t % 32, warp = t / 32;
+  WarpState& w = r.warps[warp];
+  const int warp_threads = std::min(32, static_cast<int>(r.fibers.size()) - warp * 32);
+  if (warp_threads < 32)
+    fail(where() + ": " + op.name + " needs a whole warp; warp " + std::to_string(warp) + " has " +
+         std::to_string(warp_threads) + " threads");
+  for (int l = 0; l < 32; ++l)
+    if (r.fibers[warp * 32 + l].state == State::kExited)
+      fail(where() + ": " + op.name + " called while lane " + std::to_string(l) + " of warp " + std::to_string(warp) +
+           " has exited (every lane must call a warp-collective operation)");
+  if (w.arrived == 0) {
+    w.mask = 0xffffffffu;
+    w.kind = Collective::kWarpOp;
+    w.op = op;
+  } else if (w.kind != Collective::kWarpOp) {
+    fail(where() + ": lane " + std::to_string(lane) + " calls " + op.name + " while other lanes of warp " +
+         std::to_string(warp) + " wait in a shuffle / ballot (divergent lanes)");
+  } else if (!(w.op == op)) {
+    fail(where() + ": lanes of warp " + std::to_string(warp) + " meet in different warp operations or arguments (" +
+         w.op.name + " ptr " + std::to_string(reinterpret_cast<uintptr_t>(w.op.ptr)) + " ldm " +
+         std::to_string(w.op.ldm) + " vs " + op.name + " ptr " + std::to_string(reinterpret_cast<uintptr_t>(op.ptr)) +
+         " ldm " + std::to_string(op.ldm) + "): divergent lanes");
+  }
+  w.data[lane] = data;
+  w.arrived |= 1u << lane;
+  if (w.arrived == 0xffffffffu) {
+    run(op, w.data);
+    for (int l = 0; l < 32; ++l)
+      if (l != lane) r.fibers[warp * 32 + l].state = State::kRunnable;
+    w.arrived = 0;
+  } else {
+    r.fibers[r.current].state = State::kInCollective;
+    switch_to_scheduler();
+  }
+}
+
 template <typename T>
 inline uint64_t to_bits(T v) {
   static_assert(sizeof(T) <= 8, "warp shuffles move at most 8 bytes");
@@ -254,7 +316,7 @@ inline void run_block(BlockRun& r, const std::function<void()>& body, dim3 block
   r.body = &body;
   r.live = n;
   r.waiting = 0;
-  std::memset(r.smem.data(), 0xFF, r.smem.size());
+  std::memset(r.smem.data(), 0xFF, r.smem.size());  // (128 spare bytes for the alignment included)
   for (int i = 0; i < n; ++i)
     r.fibers[i].tid = uint3{static_cast<unsigned>(i % block.x), static_cast<unsigned>(i / block.x % block.y),
                             static_cast<unsigned>(i / (block.x * block.y))};
@@ -364,7 +426,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... arg
   std::mutex error_mu;
   auto worker = [&] {
     BlockRun r;
-    r.smem.resize(smem);
+    r.smem.resize(smem + 128);
 #ifdef LMX_EMU_SWAPCONTEXT
     r.stack_bytes = 256 * 1024;  // sanitizers and fortified builds use bigger frames
 #else

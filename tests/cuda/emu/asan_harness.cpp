@@ -131,6 +131,63 @@ std::vector<float> attend(const Batch& b, bool decode, int window, int partition
   return out;
 }
 
+// The batch rounded to fp16 (the float copies rounded too, so the float64 reference sees the same inputs), run by
+// the kernel the glue picks for fp16 (tensor cores for head_dim % 16 == 0, the CUDA-core kernel otherwise).
+std::vector<float> attend_half(Batch& b, int window, bool* used_wmma) {
+  auto round = [](std::vector<float>& v, std::vector<__half>& h) {
+    h.resize(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      h[i] = __float2half_rn(v[i]);
+      v[i] = std::isnan(v[i]) ? v[i] : __half2float(h[i]);
+    }
+  };
+  std::vector<__half> q, kc, vc;
+  round(b.q, q);
+  round(b.kc, kc);
+  round(b.vc, vc);
+  const PagedAttentionArgs a = args_of(b, window);
+  std::vector<__half> out(static_cast<size_t>(b.T()) * b.Hq * b.D, __float2half_rn(0.f));
+  const HeadsView<__half> o{out.data(), int64_t(b.Hq) * b.D, b.D, b.Hq};
+  const HeadsView<const __half> qv{q.data(), int64_t(b.Hq) * b.D, b.D, b.Hq};
+  *used_wmma = use_prefill_wmma(a, true);
+  if (*used_wmma) launch_paged_attention_prefill_wmma<__half>(a, o, qv, kc.data(), vc.data(), nullptr);
+  else launch_paged_attention_prefill<__half>(a, o, qv, kc.data(), vc.data(), nullptr);
+  std::vector<float> r(out.size());
+  for (size_t i = 0; i < out.size(); ++i) r[i] = __half2float(out[i]);
+  return r;
+}
+
+void half_attention_cases(const char* sched) {
+  // head_dim 64: tensor cores; head_dim 72 (not a multiple of 16): the CUDA-core fallback.
+  for (int D : {64, 72})
+    for (int window : {-1, 9}) {
+      Batch b = make_batch({37, 1, 130}, {20, 1, 40}, 8, 2, D, 16);
+      bool wmma = false;
+      const auto out = attend_half(b, window, &wmma);
+      const auto ref = reference(b, window);
+      double err = 0;
+      for (size_t i = 0; i < out.size(); ++i) err = std::max(err, std::fabs(out[i] - ref[i]));
+      expect(wmma == (D % 16 == 0), std::string("fp16 prefill head_dim ") + std::to_string(D) + ": " +
+                                        (wmma ? "tensor cores" : "CUDA cores") + " chosen");
+      expect(err < 4e-3, std::string("fp16 prefill ") + (wmma ? "wmma " : "simt ") + sched + ": max error " +
+                             std::to_string(err) + " (head_dim " + std::to_string(D) + ", window " +
+                             std::to_string(window) + ")");
+    }
+  // Invalid device-side values on tensor cores: nothing out of bounds, every output finite.
+  Batch b = make_batch({40, 20, 33}, {1, 2, 3}, 4, 2, 64, 16);
+  b.kc = randn(b.kc.size());
+  b.vc = randn(b.vc.size());
+  b.table[0] = -5;
+  b.table[1] = b.num_blocks + 3;
+  b.seq_lens[1] = 1 << 20;
+  b.seq_lens[2] = 1;
+  bool wmma = false;
+  auto out = attend_half(b, -1, &wmma);
+  bool finite = wmma;
+  for (float x : out) finite = finite && std::isfinite(x);
+  expect(finite, std::string("fp16 prefill wmma ") + sched + ": bad block ids / seq_lens give finite outputs");
+}
+
 void attention_cases(const char* sched) {
   for (bool decode : {true, false}) {
     const std::string k = std::string(decode ? "decode" : "prefill") + " " + sched;
@@ -233,6 +290,57 @@ __global__ void big_smem(float* out) {
   out[threadIdx.x] = s[threadIdx.x];
 }
 
+namespace wmma = nvcuda::wmma;
+// Lanes 0..15 only: a warp-collective operation reached by half the warp.
+__global__ void wmma_divergent(float* out) {
+  LMX_DYNAMIC_SMEM(__half, s);
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+  if (threadIdx.x < 16) wmma::load_matrix_sync(a, s, 16);
+  out[threadIdx.x] = 0.f;
+}
+// Lanes that load different tiles in the same call.
+__global__ void wmma_lane_pointers(float* out) {
+  LMX_DYNAMIC_SMEM(__half, s);
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+  wmma::load_matrix_sync(a, s + 256 * (threadIdx.x % 2), 16);
+  out[threadIdx.x] = 0.f;
+}
+__global__ void wmma_misaligned(float* out) {
+  LMX_DYNAMIC_SMEM(__half, s);
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
+  wmma::load_matrix_sync(b, s + 8, 16);  // 16 bytes past a 32-byte boundary
+  out[threadIdx.x] = 0.f;
+}
+__global__ void wmma_bad_ldm(float* out) {
+  LMX_DYNAMIC_SMEM(float, s);
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+  wmma::fill_fragment(c, 0.f);
+  wmma::store_matrix_sync(s, c, 18, wmma::mem_row_major);  // 72 bytes: not a multiple of 16
+  out[threadIdx.x] = 0.f;
+}
+__global__ void wmma_after_exit(float* out) {
+  if (threadIdx.x == 5) return;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+  wmma::fill_fragment(c, 1.f);
+  out[threadIdx.x] = 0.f;
+}
+__global__ void wmma_fill(float* out) {
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+  wmma::fill_fragment(c, 1.f);
+  out[threadIdx.x] = c.x[0];
+}
+// A correct 16x16x16 product through the emulated fragments: D = A B + C, A row-major, B col-major.
+__global__ void wmma_gemm(const __half* A, const __half* B, const float* C, float* D) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+  wmma::load_matrix_sync(a, A, 16);
+  wmma::load_matrix_sync(b, B, 16);
+  wmma::load_matrix_sync(c, C, 16, wmma::mem_row_major);
+  wmma::mma_sync(c, a, b, c);
+  wmma::store_matrix_sync(D, c, 16, wmma::mem_col_major);
+}
+
 template <typename F>
 bool launch_fails(F&& f, const char* needle) {
   try {
@@ -265,6 +373,38 @@ void emulator_detectors() {
          "emulator: 64 KiB after cudaFuncSetAttribute launches");
   expect(launch_fails([&] { LMX_LAUNCH(big_smem, dim3(1, 70000), dim3(64), 0, nullptr, fout.data()); }, "grid"),
          "emulator: grid.y over 65535 is refused");
+  const size_t sm = 4096;
+  expect(launch_fails([&] { LMX_LAUNCH(wmma_divergent, dim3(1), dim3(32), sm, nullptr, fout.data()); }, "exited"),
+         "emulator: a wmma load reached by half the warp is reported");
+  expect(launch_fails([&] { LMX_LAUNCH(wmma_lane_pointers, dim3(1), dim3(32), sm, nullptr, fout.data()); },
+                      "divergent lanes"),
+         "emulator: lanes of one wmma load with different pointers are reported");
+  expect(launch_fails([&] { LMX_LAUNCH(wmma_misaligned, dim3(1), dim3(32), sm, nullptr, fout.data()); }, "aligned"),
+         "emulator: a wmma pointer off a 32-byte boundary is reported");
+  expect(launch_fails([&] { LMX_LAUNCH(wmma_bad_ldm, dim3(1), dim3(32), sm, nullptr, fout.data()); }, "ldm"),
+         "emulator: a wmma ldm that is not 16 bytes' worth of elements is reported");
+  expect(launch_fails([&] { LMX_LAUNCH(wmma_after_exit, dim3(1), dim3(64), 0, nullptr, fout.data()); }, "exited"),
+         "emulator: a wmma call after a lane of the warp exited is reported");
+  expect(launch_fails([&] { LMX_LAUNCH(wmma_fill, dim3(1), dim3(40), 0, nullptr, fout.data()); },
+                      "whole warp"),
+         "emulator: wmma in a partial warp is reported");
+  // The emulated fragments multiply correctly (layouts of A, B, C and D all exercised).
+  alignas(32) __half A[256], B[256];
+  alignas(32) float C[256], D[256];
+  for (int i = 0; i < 256; ++i) {
+    A[i] = __float2half_rn(static_cast<float>((i * 7) % 13 - 6));
+    B[i] = __float2half_rn(static_cast<float>((i * 5) % 11 - 5));
+    C[i] = static_cast<float>(i % 9) - 4.f;
+  }
+  LMX_LAUNCH(wmma_gemm, dim3(1), dim3(32), 0, nullptr, A, B, C, D);
+  bool gemm_ok = true;
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      float want = C[m * 16 + n];
+      for (int k = 0; k < 16; ++k) want += __half2float(A[m * 16 + k]) * __half2float(B[n * 16 + k]);
+      gemm_ok = gemm_ok && D[n * 16 + m] == want;  // small integers: exact
+    }
+  expect(gemm_ok, "emulator: wmma D = A B + C (A row-major, B col-major, C row-major in, D col-major out)");
 }
 
 }  // namespace
@@ -278,6 +418,7 @@ int main() {
   for (const char* sched : {"rr", "warp", "warp-rev"}) {
     lmx_emu::configure(sched, 0, 2);
     attention_cases(sched);
+    half_attention_cases(sched);
     rotary_and_cache_cases(sched);
   }
   std::printf("emu harness (%s): %s, %lld blocks run\n",

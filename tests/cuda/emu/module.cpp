@@ -42,7 +42,10 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
   cuda::run_reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, nullptr);
 }
 
-// The op of lmx plus two test knobs: kernel ("auto", "decode", "prefill") and the decode partition size.
+cuda::AttentionKernel g_last_kernel = cuda::AttentionKernel::kAuto;
+
+// The op of lmx plus two test knobs: kernel ("auto", "decode", "prefill": the glue's prefill choice,
+// "prefill-simt" / "prefill-wmma": that prefill kernel) and the decode partition size.
 void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                      const at::Tensor& block_tables, const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
                      double scale, const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window,
@@ -50,11 +53,14 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
   const AttentionShape s = check_paged_attention("paged_attention", out, query, k_cache, v_cache, block_tables,
                                                  seq_lens, cu_seqlens_q, scale, alibi_slopes, sliding_window);
   const std::string k(kernel);
-  TORCH_CHECK_VALUE(k == "auto" || k == "decode" || k == "prefill", "kernel: expected auto, decode or prefill, got ", k);
-  const auto which = k == "decode"    ? cuda::AttentionKernel::kDecode
-                     : k == "prefill" ? cuda::AttentionKernel::kPrefill
-                                      : cuda::AttentionKernel::kAuto;
-  cuda::run_paged_attention(s, out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, alibi_slopes,
+  TORCH_CHECK_VALUE(k == "auto" || k == "decode" || k == "prefill" || k == "prefill-simt" || k == "prefill-wmma",
+                    "kernel: expected auto, decode, prefill, prefill-simt or prefill-wmma, got ", k);
+  const auto which = k == "decode"         ? cuda::AttentionKernel::kDecode
+                     : k == "prefill"      ? cuda::AttentionKernel::kPrefill
+                     : k == "prefill-simt" ? cuda::AttentionKernel::kPrefillSimt
+                     : k == "prefill-wmma" ? cuda::AttentionKernel::kPrefillWmma
+                                           : cuda::AttentionKernel::kAuto;
+  g_last_kernel = cuda::run_paged_attention(s, out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, alibi_slopes,
                             which, static_cast<int>(partition_size), nullptr);
 }
 
@@ -87,5 +93,24 @@ PYBIND11_MODULE(lmx_cuda_emu, m) {
   m.doc() = "lmx CUDA kernels under the host emulator (test-only): torch.ops.lmx_emu.* on CPU tensors";
   m.def("configure", &lmx_emu::configure, pybind11::arg("schedule"), pybind11::arg("seed") = 0,
         pybind11::arg("threads") = 0, "Thread schedule (rr, warp, warp-rev), shuffle seed, OS threads for blocks.");
+  m.def(
+      "last_attention_kernel",
+      [] {
+        switch (g_last_kernel) {
+          case cuda::AttentionKernel::kDecode: return "decode";
+          case cuda::AttentionKernel::kPrefillSimt: return "prefill-simt";
+          case cuda::AttentionKernel::kPrefillWmma: return "prefill-wmma";
+          default: return "none";
+        }
+      },
+      "The kernel the last paged_attention call ran.");
+  m.def(
+      "prefill_kernel_for",
+      [](bool is_16bit, int head_dim) {
+        cuda::PagedAttentionArgs a{};
+        a.head_dim = head_dim;
+        return cuda::use_prefill_wmma(a, is_16bit) ? "prefill-wmma" : "prefill-simt";
+      },
+      "The glue's prefill kernel for a dtype class and head_dim (any even head_dim, also those the op refuses).");
   m.def("blocks_run", [] { return lmx_emu::g_blocks_run.load(); }, "Thread blocks run since the module loaded.");
 }
