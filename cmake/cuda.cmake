@@ -3,35 +3,16 @@
 #   LMX_CUDA_SOURCES   csrc/cuda/*_kernels.cu + csrc/cuda/ops_cuda.cpp, or empty
 # LMX_CUDA (cache variable of CMakeLists.txt): auto (build them when torch has CUDA and nvcc is found), 0, 1 (required).
 #
-# The traps of a torch CUDA extension, handled here (all five are needed; see csrc/cuda and `make cuda-link`):
-#  1. torch's FindCUDA takes the folder of the first `nvcc` on PATH as the toolkit root; a wrapper script
-#     (/usr/local/bin/nvcc) gives the wrong one. The real toolkit comes from CUDA_PATH / CUDA_HOME or
-#     /usr/local/cuda*; torch reads it inside find_package(Torch), so a build that includes this file after
-#     find_package(Torch) must also pass CUDA_PATH in the environment (mk/cuda.mk does).
-#  2. without TORCH_CUDA_ARCH_LIST torch picks compute_50, which nvcc 13 rejects: "8.0;9.0a" unless set, and
-#     CMAKE_CUDA_ARCHITECTURES OFF so that CMake adds no -arch of its own.
+# The traps of a torch CUDA extension (all five are needed; see csrc/cuda and `make cuda-link`):
+#  1, 2. the real toolkit root (not an nvcc wrapper's folder) and TORCH_CUDA_ARCH_LIST: cmake/cuda_toolkit.cmake,
+#     which CMakeLists.txt includes before find_package(Torch) (torch reads both inside it).
 #  3. torch 2.14's headers need C++20 (torch 2.13's compile as C++20 too).
 #  4. ATen/cuda/CUDAContext.h pulls cusparse.h: the glue includes only c10/cuda/CUDAGuard.h and CUDAStream.h.
 #  5. CMake would link cudart_static next to torch's shared cudart: CUDA_RUNTIME_LIBRARY Shared.
 # rotary_kernels.cu is built with --fmad=false: the CPU kernels and the reference do not contract a * b + c.
 
-set(LMX_CUDA_ARCHS "8.0;9.0a" CACHE STRING "TORCH_CUDA_ARCH_LIST when the environment does not set one")
-
-# ---- 1. the real toolkit ----------------------------------------------------------------------------------------
-if(NOT CUDA_TOOLKIT_ROOT_DIR)
-  foreach(_root "$ENV{CUDA_PATH}" "$ENV{CUDA_HOME}" /usr/local/cuda /usr/local/cuda-13.0)
-    if(_root AND EXISTS "${_root}/bin/nvcc" AND EXISTS "${_root}/include/cuda_runtime.h")
-      set(CUDA_TOOLKIT_ROOT_DIR "${_root}" CACHE PATH "CUDA toolkit (the real one, not an nvcc wrapper's folder)")
-      break()
-    endif()
-  endforeach()
-endif()
-if(CUDA_TOOLKIT_ROOT_DIR AND NOT CMAKE_CUDA_COMPILER)
-  set(CMAKE_CUDA_COMPILER "${CUDA_TOOLKIT_ROOT_DIR}/bin/nvcc" CACHE FILEPATH "nvcc of CUDA_TOOLKIT_ROOT_DIR")
-endif()
-# ---- 2. architectures -------------------------------------------------------------------------------------------
-if("$ENV{TORCH_CUDA_ARCH_LIST}" STREQUAL "")
-  set(ENV{TORCH_CUDA_ARCH_LIST} "${LMX_CUDA_ARCHS}")
+if(NOT DEFINED LMX_CUDA_ARCHS)
+  include("${CMAKE_CURRENT_LIST_DIR}/cuda_toolkit.cmake")  # a CMakeLists.txt that did not include it first
 endif()
 set(CMAKE_CUDA_ARCHITECTURES OFF)
 # ---- 3. C++20 for torch >= 2.14 (its headers refuse C++17) ----------------------------------------------------

@@ -1,6 +1,6 @@
 # CUDA checks that need no GPU (included by the Makefile; PY / VENV / STAMP come from it).
 #   make cuda-check   nvcc compiles every csrc/cuda/*_kernels.cu for sm_80 and sm_90a; fails on register spills
-#                     over the budget (tests/cuda/ptxas_check.py: 0 bytes, prefill 16 bytes)
+#                     over the budget (tests/cuda/ptxas_check.py: 0 bytes; the CUDA-core prefill 16 bytes)
 #   make cuda-emu     the same .cu files built by the host compiler with the emulator (build/cuda-emu): the C++
 #                     harness under AddressSanitizer and under _FORTIFY_SOURCE, then pytest tests/cuda (every op
 #                     against lmx.reference under several thread schedules)
@@ -42,6 +42,11 @@ cuda-emu: cuda-emu-build
 	$(CUDA_EMU_BUILD)/emu_fortify_harness
 	LMX_REQUIRE_CUDA_EMU=1 LMX_CUDA_EMU_DIR=$(abspath $(CUDA_EMU_BUILD)) $(PY) -m pytest tests/cuda -q -p no:cacheprovider
 
+# cuda-link configures as a plain `LMX_CUDA=1 pip install .` would: no CUDA_PATH / CUDA_HOME / CUDACXX /
+# TORCH_CUDA_ARCH_LIST in the environment and no toolkit -D flags, whatever nvcc (a wrapper here) is on PATH;
+# cmake/cuda_toolkit.cmake must find the real toolkit before find_package(Torch). CUDA_LINK_ENV= keeps the
+# environment (e.g. CUDA_PATH for a toolkit outside /usr/local).
+CUDA_LINK_ENV   ?= env -u CUDA_PATH -u CUDA_HOME -u CUDACXX -u TORCH_CUDA_ARCH_LIST
 # The CUDA torch virtualenv is created when missing (into a temporary folder, renamed when complete), skipped with
 # one line when the disk cannot hold it; the build never touches lmx/_C*.so of the checkout. The venv's CMake (4.x)
 # is used: CMake 3.25 does not know how to ask nvcc 13 for C++20.
@@ -60,16 +65,16 @@ cuda-link:
 			"pybind11>=2.12" numpy && \
 		rm -rf $(LMX_CUDA_VENV) && mv $(LMX_CUDA_VENV).tmp $(LMX_CUDA_VENV) || exit 1; \
 	fi; \
-	set -e; export CUDA_PATH=$(CUDA_HOME_DIR) CUDACXX=$(NVCC) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)"; \
-	vpy=$(LMX_CUDA_VENV)/bin/python; vcmake=$(LMX_CUDA_VENV)/bin/cmake; \
+	set -e; vpy=$(LMX_CUDA_VENV)/bin/python; vcmake=$(LMX_CUDA_VENV)/bin/cmake; \
 	prefix="$$($$vpy -c 'import torch;print(torch.utils.cmake_prefix_path)');$$($$vpy -c 'import pybind11;print(pybind11.get_cmake_dir())')"; \
-	echo "cuda-link: cmake -S . -B $(CUDA_LINK_BUILD) -DLMX_CUDA=1 (torch $$($$vpy -c 'import torch;print(torch.__version__)'))"; \
-	$$vcmake -S . -B $(CUDA_LINK_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(LMX_CUDA_VENV)/bin/ninja -DCMAKE_BUILD_TYPE=Release -DLMX_CUDA=1 -DPython_EXECUTABLE=$$vpy \
-		-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME_DIR) -DCMAKE_CUDA_COMPILER=$(NVCC) \
+	echo "cuda-link: cmake -S . -B $(CUDA_LINK_BUILD) -DLMX_CUDA=1 (torch $$($$vpy -c 'import torch;print(torch.__version__)'); $(if $(CUDA_LINK_ENV),no toolkit variables in the environment,environment as is))"; \
+	$(CUDA_LINK_ENV) $$vcmake -S . -B $(CUDA_LINK_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(LMX_CUDA_VENV)/bin/ninja -DCMAKE_BUILD_TYPE=Release -DLMX_CUDA=1 -DPython_EXECUTABLE=$$vpy \
 		-DLMX_OUTPUT_DIR=$(abspath $(CUDA_LINK_BUILD))/out -DCMAKE_PREFIX_PATH="$$prefix" \
 		> $(CUDA_LINK_BUILD).configure.log 2>&1 || { tail -40 $(CUDA_LINK_BUILD).configure.log; exit 1; }; \
-	grep -E "lmx: " $(CUDA_LINK_BUILD).configure.log; \
-	$$vcmake --build $(CUDA_LINK_BUILD) -j $(CUDA_JOBS); \
+	grep -E "lmx: |PyTorch: CUDA toolkit directory" $(CUDA_LINK_BUILD).configure.log; \
+	root=$$(sed -n 's/^CUDA_TOOLKIT_ROOT_DIR:PATH=//p' $(CUDA_LINK_BUILD)/CMakeCache.txt); \
+	test -f "$$root/include/cuda_runtime.h" || { echo "cuda-link: toolkit root '$$root' has no include/cuda_runtime.h (an nvcc wrapper's folder?)"; exit 1; }; \
+	$(CUDA_LINK_ENV) $$vcmake --build $(CUDA_LINK_BUILD) -j $(CUDA_JOBS); \
 	$$vpy tests/cuda/link_check.py $(CUDA_LINK_BUILD)/out
 
 cuda-ci: cuda-check cuda-emu cuda-link
