@@ -72,7 +72,7 @@ cuda-link:
 		-DLMX_OUTPUT_DIR=$(abspath $(CUDA_LINK_BUILD))/out -DCMAKE_PREFIX_PATH="$$prefix" \
 		> $(CUDA_LINK_BUILD).configure.log 2>&1 || { tail -40 $(CUDA_LINK_BUILD).configure.log; exit 1; }; \
 	grep -E "lmx: |PyTorch: CUDA toolkit directory" $(CUDA_LINK_BUILD).configure.log; \
-	root=$$(sed -n 's/^CUDA_TOOLKIT_ROOT_DIR:PATH=//p' $(CUDA_LINK_BUILD)/CMakeCache.txt); \
+	root=$$(sed -n 's/^CUDA_TOOLKIT_ROOT_DIR:[A-Z]*=//p' $(CUDA_LINK_BUILD)/CMakeCache.txt); \
 	test -f "$$root/include/cuda_runtime.h" || { echo "cuda-link: toolkit root '$$root' has no include/cuda_runtime.h (an nvcc wrapper's folder?)"; exit 1; }; \
 	$(CUDA_LINK_ENV) $$vcmake --build $(CUDA_LINK_BUILD) -j $(CUDA_JOBS); \
 	$$vpy tests/cuda/link_check.py $(CUDA_LINK_BUILD)/out
