@@ -1,9 +1,14 @@
-"""lmx's engine against transformers on the CPU: same model (SmolLM2-135M, the embedded GGUF), same dtype, same
-machine, one run. Prefill throughput at a long context, decode throughput at that context, peak memory.
+"""lmx's engine against transformers (and llama.cpp, when ``llama-cpp-python`` is installed) on the CPU: the same
+model (SmolLM2-135M, the embedded GGUF), the same prompt, one run. Prefill throughput at a long context, decode
+throughput at that context, peak memory.
 
-    python bench/bench_engine.py --context 8192 --decode-tokens 32 --json out/bench_engine.json
+    python bench/bench_engine.py --context 8192 --decode-tokens 32     # writes bench/results/engine-8192.json
 
-Each side runs in its own subprocess so that peak memory (ru_maxrss) is its own. Reported as ratios lmx / HF.
+``--dtype auto`` (the default) gives each side the dtype it would use on this machine: lmx its
+``EngineConfig(dtype="auto")``, transformers the same rule (bf16 where the CPU has bf16 units, AVX512-BF16 or
+AMX, fp32 elsewhere); ``float32``/``bfloat16`` force one for both. llama.cpp runs the GGUF's own quantised weights
+with flash attention on and every core. Each side runs in its own subprocess so that peak memory (ru_maxrss) is its
+own; ratios are lmx / other.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -25,6 +31,16 @@ def prompt_ids(context: int, vocab: int = 49152) -> list[int]:
     return torch.randint(100, vocab - 100, (context,), generator=g).tolist()
 
 
+def machine_dtype(name: str) -> str:
+    """The dtype a CPU-side runner uses here: ``auto`` -> bfloat16 with bf16 units, float32 without."""
+    if name != "auto":
+        return name
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from lmx.models.layers import cpu_has_native_bf16
+
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
 def worker_hf(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -33,7 +49,7 @@ def worker_hf(args) -> dict:
     from lmx.loaders import resolve_alias
 
     path = resolve_alias("smollm2-135m")
-    dtype = getattr(torch, args.dtype)
+    dtype = getattr(torch, machine_dtype(args.dtype))
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
     ids = torch.tensor([prompt_ids(args.context)])
     with torch.inference_mode():
@@ -48,7 +64,30 @@ def worker_hf(args) -> dict:
             past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(int(token))
         decode_s = time.perf_counter() - t0
-    return _result(args, prefill_s, decode_s, tokens)
+    return _result(args, prefill_s, decode_s, tokens, str(dtype).replace("torch.", ""))
+
+
+def worker_llama_cpp(args) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from lmx.loaders import resolve_alias
+
+    path = resolve_alias("smollm2-135m")
+    llm = Llama(model_path=str(path), n_ctx=args.context + args.decode_tokens + 8, n_threads=os.cpu_count(),
+                n_threads_batch=os.cpu_count(), flash_attn=True, verbose=False)
+    ids = prompt_ids(args.context)
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    prefill_s = time.perf_counter() - t0
+    tokens = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    t0 = time.perf_counter()
+    for _ in range(args.decode_tokens):
+        llm.eval([tokens[-1]])
+        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+    decode_s = time.perf_counter() - t0
+    return _result(args, prefill_s, decode_s, tokens, "gguf")
 
 
 def worker_lmx(args) -> dict:
@@ -58,11 +97,12 @@ def worker_lmx(args) -> dict:
     block_size = 64
     session_len = args.context + args.decode_tokens + 1
     num_blocks = -(-session_len // block_size)  # exactly one session, as transformers' cache holds one
+    chunk = {} if args.prefill_chunk is None else {"max_prefill_token_num": args.prefill_chunk}
     pipe = pipeline(
         "smollm2-135m",
         engine_config=EngineConfig(
             dtype=args.dtype, device="cpu", session_len=session_len, max_batch_size=1, block_size=block_size,
-            num_blocks=num_blocks, max_prefill_token_num=args.prefill_chunk,
+            num_blocks=num_blocks, **chunk,
         ),
     )  # fmt: skip
     engine = pipe.engine
@@ -76,11 +116,15 @@ def worker_lmx(args) -> dict:
     while not seq.is_finished:
         engine.step()
     decode_s = time.perf_counter() - t0
-    return _result(args, prefill_s, decode_s, seq.output_ids)
+    dtype = str(engine.runner.kv_cache.dtype).replace("torch.", "")
+    return {**_result(args, prefill_s, decode_s, seq.output_ids, dtype),
+            "prefill_chunk": engine.config.max_prefill_token_num}
 
 
-def _result(args, prefill_s: float, decode_s: float, tokens: list[int]) -> dict:
+def _result(args, prefill_s: float, decode_s: float, tokens: list[int], dtype: str) -> dict:
     return {
+        "dtype": dtype,
+        "prefill_s": prefill_s,
         "prefill_tok_s": args.context / prefill_s,
         "decode_tok_s": args.decode_tokens / decode_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -90,45 +134,68 @@ def _result(args, prefill_s: float, decode_s: float, tokens: list[int]) -> dict:
 
 def run_worker(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, "--context", str(args.context),
-           "--decode-tokens", str(args.decode_tokens), "--dtype", args.dtype, "--prefill-chunk", str(args.prefill_chunk)]
+           "--decode-tokens", str(args.decode_tokens), "--dtype", args.dtype]
+    if args.prefill_chunk is not None:
+        cmd += ["--prefill-chunk", str(args.prefill_chunk)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def have_llama_cpp() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--decode-tokens", type=int, default=32)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--prefill-chunk", type=int, default=2048, help="lmx's max_prefill_token_num")
-    parser.add_argument("--json", default="out/bench_engine.json")
-    parser.add_argument("--worker", choices=["hf", "lmx"], help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="auto: each side's own choice on this CPU")
+    parser.add_argument("--prefill-chunk", type=int, default=None, help="lmx's max_prefill_token_num "
+                        "(default: the engine's)")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when it is installed")
+    parser.add_argument("--json", default=None, help="default: bench/results/engine-<context>.json")
+    parser.add_argument("--worker", choices=["hf", "lmx", "llama_cpp"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps((worker_hf if args.worker == "hf" else worker_lmx)(args)))
+        worker = {"hf": worker_hf, "lmx": worker_lmx, "llama_cpp": worker_llama_cpp}[args.worker]
+        print(json.dumps(worker(args)))
         return
 
-    hf, lmx = run_worker("hf", args), run_worker("lmx", args)
-    rows = [
-        ("prefill tok/s", "prefill_tok_s", True),
-        ("decode tok/s", "decode_tok_s", True),
-        ("peak RSS MiB", "peak_rss_mib", False),
-    ]
-    print(f"SmolLM2-135M {args.dtype}, context {args.context}, {args.decode_tokens} decode steps, "
-          f"lmx prefill chunk {args.prefill_chunk}, {os.cpu_count()} CPUs")
-    print(f"{'metric':<16}{'transformers':>14}{'lmx':>12}{'lmx / hf':>10}")
-    ratios = {}
-    for label, key, _ in rows:
-        ratios[key] = lmx[key] / hf[key]
-        print(f"{label:<16}{hf[key]:>14.1f}{lmx[key]:>12.1f}{ratios[key]:>10.2f}")
+    sides = {"transformers": run_worker("hf", args), "lmx": run_worker("lmx", args)}
+    if have_llama_cpp() and not args.no_llama_cpp:
+        try:
+            sides["llama.cpp"] = run_worker("llama_cpp", args)
+        except subprocess.CalledProcessError as e:  # say why, keep the other two
+            print(f"llama.cpp failed: {(e.stderr or '').strip().splitlines()[-1:]}", file=sys.stderr)
+    lmx, others = sides["lmx"], [k for k in sides if k != "lmx"]
+    print(f"SmolLM2-135M, context {args.context}, {args.decode_tokens} decode steps, lmx prefill chunk "
+          f"{lmx['prefill_chunk']}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+          f"llama.cpp {'included' if 'llama.cpp' in sides else 'not installed'}")
+    head = f"{'metric':<16}" + "".join(f"{k:>14}" for k in sides) + "".join(f"{'lmx / ' + k:>22}" for k in others)
+    print(head)
+    print("-" * len(head))
+    print(f"{'dtype':<16}" + "".join(f"{v['dtype']:>14}" for v in sides.values()))
+    ratios: dict[str, dict[str, float]] = {k: {} for k in others}
+    for label, key in (("prefill tok/s", "prefill_tok_s"), ("decode tok/s", "decode_tok_s"),
+                       ("peak RSS MiB", "peak_rss_mib")):
+        for k in others:
+            ratios[k][key] = lmx[key] / sides[k][key]
+        print(f"{label:<16}" + "".join(f"{v[key]:>14.1f}" for v in sides.values())
+              + "".join(f"{ratios[k][key]:>21.2f}x" for k in others))
+    hf = sides["transformers"]
     same = sum(a == b for a, b in zip(hf["tokens"], lmx["tokens"]))
-    print(f"greedy tokens equal: {same}/{min(len(hf['tokens']), len(lmx['tokens']))} (bf16: small drift is expected)")
+    print(f"greedy tokens equal to transformers': {same}/{min(len(hf['tokens']), len(lmx['tokens']))}")
     result = {"context": args.context, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
-              "prefill_chunk": args.prefill_chunk,
-              "cpus": os.cpu_count(), "transformers": hf, "lmx": lmx, "ratio_lmx_over_hf": ratios}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+              "command": "python bench/bench_engine.py " + " ".join(sys.argv[1:]),
+              "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+              "sides": sides, "ratio_lmx_over": ratios}
+    path = Path(args.json or Path(__file__).resolve().parent / "results" / f"engine-{args.context}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

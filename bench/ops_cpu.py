@@ -9,6 +9,7 @@ SDPA time / lmx time (> 1: lmx is faster). RoPE and the cache write are compared
     python bench/ops_cpu.py                    # the default grid (a few minutes on 2 cores)
     python bench/ops_cpu.py --full             # adds 16k prefill at 32/8/128 (slow)
     python bench/ops_cpu.py --json out.json
+    python bench/ops_cpu.py --full --dtypes float32 --prefill-only --rounds 3   # the fp32 prefill grid
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -39,9 +41,9 @@ class Case:
     dtype: str
 
 
-def default_cases(full: bool) -> list[Case]:
+def default_cases(full: bool, dtypes=("bfloat16", "float32")) -> list[Case]:
     cases = []
-    for dtype in ("bfloat16", "float32"):
+    for dtype in dtypes:
         for hq, hkv, d in ((9, 3, 64), (32, 8, 128)):
             cases.append(Case("prefill", 4096, hq, hkv, d, dtype))
             if full or (hq, hkv, d) == (9, 3, 64):
@@ -148,6 +150,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (median is reported)")
     parser.add_argument("--full", action="store_true", help="also 16k prefill at 32/8/128")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated attention dtypes")
+    parser.add_argument("--prefill-only", action="store_true", help="attention prefill cases only")
     args = parser.parse_args()
 
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
@@ -158,7 +162,8 @@ def main() -> None:
     header = f"{'op':<8}{'len':>7}{'heads':>11}{'dtype':>10}{'lmx ms':>11}{'sdpa ms':>11}{'lmx/sdpa speed':>16}  rate"
     print(header)
     print("-" * len(header))
-    for case in default_cases(args.full):
+    cases = default_cases(args.full, tuple(args.dtypes.split(",")))
+    for case in (c for c in cases if c.kind == "prefill" or not args.prefill_only):
         r = bench_attention(case, 1 if case.length > 4096 and case.kind == "prefill" else args.rounds)
         attention.append(r)
         rate = (f"{r['lmx_gflops']:.0f} vs {r['sdpa_gflops']:.0f} GFLOP/s" if case.kind == "prefill"
@@ -168,14 +173,14 @@ def main() -> None:
               f"{r['speedup_vs_sdpa']:>15.2f}x  {rate}", flush=True)
     rope = []
     print()
-    for dtype in ("bfloat16", "float32"):
+    for dtype in () if args.prefill_only else ("bfloat16", "float32"):
         for r in bench_rope_and_cache(4096, dtype, args.rounds):
             rope.append(r)
             print(f"{r['op']:<28}{r['tokens']:>6} tok {r['heads']:>10} {dtype:>9}  {r['op_ms']:7.2f} ms  "
                   f"{r['op_gbps']:6.1f} GB/s = {r['fraction_of_copy']:.2f} x copy ({r['copy_gbps']:.1f} GB/s)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "command": "python bench/ops_cpu.py" + (" --full" if args.full else ""),
+            json.dump({"info": info, "command": "python bench/ops_cpu.py " + " ".join(sys.argv[1:]),
                        "attention": attention, "rope_and_cache": rope}, f, indent=1)
         print(f"\nwrote {args.json}")
 
