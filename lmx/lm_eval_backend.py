@@ -27,32 +27,21 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences
 from tqdm import tqdm
 
-from lmx.engine import EngineConfig, GenerationConfig
-
-ENGINE_FIELDS = {f.name: f.type for f in dataclasses.fields(EngineConfig)}
-
+from lmx.cli import parse_engine_value
+from lmx.engine import EngineConfig, sampling_config
 
 def _engine_config(kwargs: dict[str, Any]) -> EngineConfig:
-    """``EngineConfig`` from lm-eval's model_args (numbers arrive already parsed, or as strings)."""
+    """``EngineConfig`` from lm-eval's model_args: text values are read as ``lmx serve``'s options read them
+    (``rope_scaling=dynamic:2``, ``session_len=16k``, ``dtype=float32``); parsed values pass as they are."""
     values = {}
     for name, value in kwargs.items():
-        if name not in ENGINE_FIELDS:
+        try:
+            values[name] = parse_engine_value(name, value)
+        except TypeError:
             raise TypeError(f"model_args: unknown argument {name!r}; expected pretrained, max_gen_toks, batch_size "
-                            f"or an EngineConfig field ({', '.join(ENGINE_FIELDS)})")  # fmt: skip
-        values[name] = _coerce(name, value)
+                            f"or an EngineConfig field ({', '.join(f.name for f in dataclasses.fields(EngineConfig))})"
+                            ) from None  # fmt: skip
     return EngineConfig(**values)
-
-
-def _coerce(name: str, value: Any) -> Any:
-    if not isinstance(value, str):
-        return float(value) if name == "rope_scaling_factor" else value
-    if name in ("dtype", "device"):
-        return value
-    if name in ("rope_scaling_factor", "cache_max_entry_count"):
-        return float(value)
-    if value.lower() == "none":
-        return None
-    return int(value)
 
 
 @register_model("lmx")
@@ -169,11 +158,10 @@ class LmxLM(TemplateLM):
             ids = self.tok_encode(context)
             keep = max(1, self.max_length - max_new)  # left-truncate the context, as lm-eval's HFLM
             ids = ids[-keep:] if len(ids) > keep else ids
-            do_sample = bool(gen_kwargs.pop("do_sample", False))
-            temperature = float(gen_kwargs.pop("temperature", 0.0))
-            configs.append(GenerationConfig(
-                max_new_tokens=max_new, do_sample=do_sample and temperature > 0, temperature=temperature,
-                top_p=float(gen_kwargs.pop("top_p", 1.0)), top_k=int(gen_kwargs.pop("top_k", 0) or 0),
+            configs.append(sampling_config(
+                max_new_tokens=max_new, do_sample=bool(gen_kwargs.pop("do_sample", False)),
+                temperature=float(gen_kwargs.pop("temperature", 0.0)), top_p=float(gen_kwargs.pop("top_p", 1.0)),
+                top_k=int(gen_kwargs.pop("top_k", 0) or 0),
                 repetition_penalty=float(gen_kwargs.pop("repetition_penalty", 1.0)),
                 stop_words=[s for s in until if s] or None, random_seed=gen_kwargs.pop("seed", None),
             ))  # fmt: skip

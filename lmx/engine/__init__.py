@@ -23,14 +23,14 @@ from .config import (
 from .errors import EngineBusyError, RequestError, RequestTypeError, as_request_error
 
 __all__ = [
-    "EngineConfig", "GenerationConfig", "EngineBusyError", "RequestError", "RequestTypeError", "as_request_error", "LLMEngine", "Pipeline", "pipeline", "Response",
-    "OutputStream", "LOGPROBS_MAX", "MAX_NEW_TOKENS_MAX", "REPETITION_PENALTY_RANGE", "SEED_RANGE",
-    "TEMPERATURE_MAX", "TOP_K_MAX",
+    "EngineConfig", "GenerationConfig", "EngineBusyError", "RequestError", "RequestTypeError", "as_request_error",
+    "LLMEngine", "Pipeline", "pipeline", "Response", "OutputStream", "sampling_config",
+    "LOGPROBS_MAX", "MAX_NEW_TOKENS_MAX", "REPETITION_PENALTY_RANGE", "SEED_RANGE", "TEMPERATURE_MAX", "TOP_K_MAX",
 ]  # fmt: skip
 
 
 _LAZY = {"LLMEngine": "llm_engine", "Pipeline": "pipeline", "pipeline": "pipeline", "Response": "pipeline",
-         "OutputStream": "pipeline"}  # fmt: skip
+         "OutputStream": "pipeline", "sampling_config": "pipeline"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -278,6 +278,16 @@ class Pipeline:
         return self.engine.get_ppl(inputs)
 
 
+def sampling_config(*, temperature: float | None = None, do_sample: bool | None = None,
+                    **fields: Any) -> GenerationConfig:  # fmt: skip
+    """The one rule every front end uses for "greedy or sample": greedy when ``do_sample`` is ``False`` or
+    ``temperature`` is 0; otherwise sample at ``temperature`` (1.0 when not given), with ``top_p``/``top_k`` if
+    given. ``fields`` are the other ``GenerationConfig`` fields (``max_new_tokens``, ``stop_words``, ...)."""
+    if do_sample is False or temperature == 0:
+        return GenerationConfig(do_sample=False, temperature=0.0, **fields)
+    return GenerationConfig(do_sample=True, temperature=1.0 if temperature is None else temperature, **fields)
+
+
 def pipeline(model: str | os.PathLike, engine_config: EngineConfig | None = None, **kwargs: Any) -> Pipeline:
     """A ready ``Pipeline`` for ``model``: a Hugging Face directory, a ``.gguf`` file, or ``"smollm2-135m"``.
 

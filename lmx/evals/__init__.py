@@ -17,7 +17,7 @@ Every ``run_*`` takes a *pipeline factory* (``factory(RopeSetting) -> pipeline``
     from lmx.evals.common import RopeSetting, engine_factory
     from lmx.evals.passkey import run_passkey
     factory = engine_factory("smollm2-135m", session_len=16384)
-    result = run_passkey(factory, [RopeSetting(), RopeSetting("dynamic", 2.0)], [4096, 15360], rounds=2)
+    result = run_passkey(factory, [RopeSetting("default"), RopeSetting("dynamic", 2.0)], [4096, 15360], rounds=2)
     result["summary"]   # [{"setting": "default", "length": 4096, "correct": 2, "accuracy": 100.0, ...}, ...]
 
 The scoring functions are in ``metrics`` (pure functions of strings), the figures in ``plots``, the terminal

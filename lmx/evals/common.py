@@ -10,94 +10,30 @@ import dataclasses
 import gc
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from lmx.cli import RopeSetting, parse_rope_setting, rope_settings
+
+__all__ = ["RopeSetting", "parse_rope_setting", "rope_settings"]  # re-exported: what the evaluations run
+
 DEFAULT_MODEL = "smollm2-135m"
-ROPE_TYPES = ("default", "dynamic", "linear", "yarn")
-
-
-@dataclasses.dataclass(frozen=True)
-class RopeSetting:
-    """One way of running the model's RoPE: ``default``, or a scaling type with a factor (``dynamic:2``)."""
-
-    rope_type: str = "default"
-    factor: float = 1.0
-
-    @property
-    def name(self) -> str:
-        return "default" if self.rope_type == "default" else f"{self.rope_type}:{self.factor:g}"
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        """``EngineConfig`` fields that select this setting (it overrides whatever the model's config says)."""
-        if self.rope_type == "default":
-            return {"rope_scaling": {"rope_type": "default"}}
-        return {"rope_scaling": {"rope_type": self.rope_type, "factor": self.factor}}
-
-
-def parse_rope_setting(text: str) -> RopeSetting:
-    """``default`` | ``dynamic:2`` | ``linear:4`` | ``yarn:4``; a bare number ``F`` is LMDeploy's
-    ``rope_scaling_factor``: dynamic NTK with factor ``F`` when ``F > 1``, default otherwise."""
-    spec = text.strip().lower()
-    try:
-        number = float(spec)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(number) or number < 0:
-            raise ValueError(f"--rope-scaling-factor: expected a finite number >= 0, got {text!r}")
-        return RopeSetting("dynamic", number) if number > 1 else RopeSetting()
-    rope_type, _, factor_text = spec.partition(":")
-    if rope_type not in ROPE_TYPES:
-        raise ValueError(f"--rope: expected one of {', '.join(ROPE_TYPES)} (with ':FACTOR'), got {text!r}")
-    if rope_type == "default":
-        if factor_text:
-            raise ValueError(f"--rope: 'default' takes no factor, got {text!r}")
-        return RopeSetting()
-    try:
-        factor = float(factor_text) if factor_text else 2.0
-    except ValueError:
-        raise ValueError(f"--rope: expected a number after '{rope_type}:', got {text!r}") from None
-    if not math.isfinite(factor) or factor < 1.0:
-        raise ValueError(f"--rope: expected a finite factor >= 1 for {rope_type}, got {text!r}")
-    return RopeSetting(rope_type, factor)
-
-
-def rope_settings(specs: list[str] | None, factors: list[float] | None) -> list[RopeSetting]:
-    """The settings asked for by ``--rope`` and ``--rope-scaling-factor`` (in that order, without repeats)."""
-    settings = [parse_rope_setting(s) for s in specs or []]
-    settings += [parse_rope_setting(str(f)) for f in factors or []]
-    unique = list(dict.fromkeys(settings))
-    return unique or [RopeSetting()]
 
 
 # A factory builds a pipeline for one RoPE setting: ``factory(setting) -> pipeline``.
 PipelineFactory = Callable[[RopeSetting], Any]
 
 
-def engine_factory(
-    model: str = DEFAULT_MODEL,
-    *,
-    session_len: int | None = None,
-    max_batch_size: int = 1,
-    dtype: str = "auto",
-    device: str = "auto",
-    num_threads: int | None = None,
-    max_prefill_token_num: int | None = None,
-) -> PipelineFactory:
-    """A factory of real ``lmx`` pipelines for ``model`` with the given engine settings."""
+def engine_factory(model: str = DEFAULT_MODEL, engine_config: Any = None, **fields: Any) -> PipelineFactory:
+    """A factory of real ``lmx`` pipelines for ``model``: ``engine_config`` (or an ``EngineConfig`` of ``fields``;
+    ``max_batch_size`` defaults to the evaluations' 4) with each setting's RoPE fields on top."""
 
     def build(setting: RopeSetting):
         from lmx import EngineConfig, pipeline
 
-        extra: dict[str, Any] = {}
-        if max_prefill_token_num:
-            extra["max_prefill_token_num"] = max_prefill_token_num
-        config = EngineConfig(
-            session_len=session_len, max_batch_size=max_batch_size, dtype=dtype, device=device,
-            num_threads=num_threads, **setting.engine_kwargs(), **extra,
-        )  # fmt: skip
-        return pipeline(model, engine_config=config)
+        base = engine_config or EngineConfig(**{"max_batch_size": 4, **fields})
+        return pipeline(model, engine_config=dataclasses.replace(base, **setting.engine_kwargs()))
 
     return build
 
@@ -111,6 +47,18 @@ def each_setting(factory: PipelineFactory, settings: list[RopeSetting]) -> Itera
         finally:
             del pipe
             gc.collect()
+
+
+def generate_batch(pipe: Any, prompts: list[list[int]], gen: Any, bar: Any = None) -> tuple[list[str], float]:
+    """Generate for all ``prompts`` as one batch (the engine runs ``max_batch_size`` of them at once); returns
+    the texts, in order, and the mean seconds per prompt. ``bar`` advances by the number of prompts."""
+    if not prompts:
+        return [], 0.0
+    start = time.perf_counter()
+    texts = [r.text for r in pipe(prompts, gen_config=gen)]
+    if bar is not None:
+        bar.update(len(prompts))
+    return texts, (time.perf_counter() - start) / len(prompts)
 
 
 def check_lengths(lengths: list[int], session_len: int | None, *, what: str = "--lengths") -> None:

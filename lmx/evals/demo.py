@@ -19,7 +19,7 @@ from . import niah, options, passkey, report
 from .common import DEFAULT_MODEL, RopeSetting, engine_factory
 
 PASSKEY_LENGTHS = [4096, 15360]
-PASSKEY_SETTINGS = [RopeSetting(), RopeSetting("dynamic", 2.0)]
+PASSKEY_SETTINGS = [RopeSetting("default"), RopeSetting("dynamic", 2.0)]
 NIAH_LENGTHS = [2048, 4096, 7680]
 NIAH_DEPTHS = [0.0, 50.0, 100.0]
 

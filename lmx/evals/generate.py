@@ -15,26 +15,25 @@ from .common import read_text
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
-    group = parser.add_argument_group("sampling (greedy unless --temperature/--top-p/--top-k ask to sample)")
+    group = parser.add_argument_group("sampling (greedy at --temperature 0; a temperature > 0 samples)")
     group.add_argument(
         "--max-new-tokens", type=options.positive_int, default=max_new_tokens, help="most tokens to generate"
     )
-    group.add_argument("--temperature", type=options.non_negative_float, default=0.0, help="0 = greedy")
-    group.add_argument("--top-p", type=options.positive_float, default=1.0, help="nucleus sampling mass (1.0 = off)")
-    group.add_argument("--top-k", type=options.non_negative_int, default=0, help="0 = no top-k cut")
+    group.add_argument("--temperature", type=options.non_negative_float, default=0.0, help="0 = greedy, > 0 samples")
+    group.add_argument("--top-p", type=options.positive_float, default=1.0,
+                       help="nucleus sampling mass when sampling (1.0 = off)")
+    group.add_argument("--top-k", type=options.non_negative_int, default=0, help="top-k cut when sampling (0 = off)")
     group.add_argument("--repetition-penalty", type=options.positive_float, default=1.0, help="1.0 = off (seed 002 suggests 1.02)")
     group.add_argument("--stop", nargs="+", default=None, metavar="TEXT", help="stop words")
     group.add_argument("--seed", type=options.non_negative_int, default=0, help="sampling seed")
 
 
 def gen_config_from_args(args: argparse.Namespace):
-    from lmx.engine import GenerationConfig
+    from lmx.engine import sampling_config
 
-    sampling = args.temperature > 0 or args.top_p < 1.0 or args.top_k > 1
-    return GenerationConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=sampling, temperature=args.temperature if sampling else 1.0,
-        top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop_words=args.stop,
-        random_seed=args.seed,
+    return sampling_config(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty, stop_words=args.stop, random_seed=args.seed,
     )  # fmt: skip
 
 
@@ -129,7 +128,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "generate", help="generate a completion for one prompt (streams to stdout)",
         description="Generate a completion for PROMPT (or the text of --file; '-' reads stdin), streaming it to "
-        "stdout. Greedy by default; --temperature/--top-p/--top-k sample, reproducibly with --seed.",
+        "stdout. Greedy by default; --temperature > 0 samples (with --top-p/--top-k), reproducibly with --seed.",
         epilog="example: lmx generate 'The capital of France is' --max-new-tokens 16",
         formatter_class=options.HelpFormatter,
     )  # fmt: skip

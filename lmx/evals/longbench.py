@@ -16,12 +16,11 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from . import options, report
-from .common import PipelineFactory, RopeSetting, each_setting
+from .common import PipelineFactory, RopeSetting, each_setting, generate_batch
 from .longbench_tasks import TASKS, Task, get_task
 from .metrics import METRICS
 
@@ -129,8 +128,9 @@ def predict(
         stop_words=["\n"] if task.stop_at_newline else None,
     )  # fmt: skip
     use_chat = chat_template and task.chat and bool(getattr(pipe.tokenizer, "chat_template", None))
+    batch = []
+    bar.set_postfix_str(f"{setting} {task.name}")
     for item in task_file.items:
-        bar.set_postfix_str(f"{setting} {task.name}:{item['_line']}")
         prompt, tokens = truncate_middle(pipe.tokenizer, task.template.format(**item), max_length)
         ids = pipe.encode([{"role": "user", "content": prompt}]) if use_chat else pipe.encode(prompt)
         if getattr(pipe, "session_len", None) is not None and len(ids) >= pipe.session_len:
@@ -138,11 +138,11 @@ def predict(
                 f"--max-length: {task_file.path}:{item['_line']} has {len(ids)} prompt tokens after truncation, the "
                 f"session holds {pipe.session_len}; lower --max-length or raise --session-len"
             )
-        start = time.perf_counter()
-        item["pred"] = pipe(list(ids), gen_config=gen).text
         item["prompt_tokens"], item["tokens_before_truncation"] = len(ids), tokens
-        item["seconds"] = round(time.perf_counter() - start, 3)
-        bar.update(1)
+        batch.append(list(ids))
+    texts, seconds = generate_batch(pipe, batch, gen, bar)
+    for item, text in zip(task_file.items, texts):
+        item["pred"], item["seconds"] = text, round(seconds, 3)
 
 
 def run_longbench(

@@ -10,13 +10,12 @@ match of the answer in the response (``rapidfuzz.fuzz.partial_ratio``, 0-100), s
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from . import options, plots, report
 from .common import (
-    PipelineFactory, RopeSetting, check_lengths, data_path, each_setting, encode, prompt_ids, read_text,
-    trained_length,
+    PipelineFactory, RopeSetting, check_lengths, data_path, each_setting, encode, generate_batch, prompt_ids,
+    read_text, trained_length,
 )  # fmt: skip
 
 DEFAULT_NEEDLE = "The secret code of the vault is 7392815."
@@ -125,6 +124,7 @@ def run_niah(
             needle_tokens = len(encode(pipe.tokenizer, " " + needle + " "))
             grid = [[0.0] * len(lengths) for _ in depths]
             grade = [[0.0] * len(lengths) for _ in depths]
+            cells, batch = [], []
             for j, length in enumerate(lengths):
                 budget = length - overhead - needle_tokens
                 if budget < 16:
@@ -132,7 +132,6 @@ def run_niah(
                         f"--lengths: {length} tokens leave no room for a haystack (the prompt needs {overhead})"
                     )
                 for i, depth in enumerate(depths):
-                    bar.set_postfix_str(f"{setting.name} {length} @ {depth:g}%")
                     prompt = build_prompt(template, hay.context(budget, depth, needle), question)
                     ids = prompt_ids(pipe, prompt, chat=chat_template)
                     if getattr(pipe, "session_len", None) is not None and len(ids) >= pipe.session_len:
@@ -140,16 +139,17 @@ def run_niah(
                             f"--session-len: the {length}-token cell's prompt has {len(ids)} tokens, the session holds "
                             f"{pipe.session_len}; raise --session-len"
                         )
-                    start = time.perf_counter()
-                    text = pipe(ids, gen_config=gen).text
-                    seconds = time.perf_counter() - start
-                    grid[i][j] = keyword_score(text, keywords)
-                    grade[i][j] = graded_score(text, answer)
-                    records.append({
-                        "setting": setting.name, "length": length, "depth": depth, "prompt_tokens": len(ids),
-                        "response": text, "score": grid[i][j], "graded": grade[i][j], "seconds": round(seconds, 3),
-                    })  # fmt: skip
-                    bar.update(1)
+                    cells.append((i, j, length, depth))
+                    batch.append(ids)
+            bar.set_postfix_str(setting.name)
+            texts, seconds = generate_batch(pipe, batch, gen, bar)
+            for (i, j, length, depth), ids, text in zip(cells, batch, texts):
+                grid[i][j] = keyword_score(text, keywords)
+                grade[i][j] = graded_score(text, answer)
+                records.append({
+                    "setting": setting.name, "length": length, "depth": depth, "prompt_tokens": len(ids),
+                    "response": text, "score": grid[i][j], "graded": grade[i][j], "seconds": round(seconds, 3),
+                })  # fmt: skip
             grids[setting.name], graded[setting.name] = grid, grade
     finally:
         bar.close()

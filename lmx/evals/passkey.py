@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import time
 from typing import Any
 
 import numpy as np
 
 from . import options, plots, report
-from .common import PipelineFactory, RopeSetting, check_lengths, each_setting, encode, prompt_ids, trained_length
+from .common import (
+    PipelineFactory, RopeSetting, check_lengths, each_setting, encode, generate_batch, prompt_ids, trained_length,
+)  # fmt: skip
 
 # Seed 000, verbatim.
 TASK_DESCRIPTION = (
@@ -119,21 +120,19 @@ def run_passkey(
             trained = trained or trained_length(pipe)
             if items is None:  # the same prompts for every setting
                 items = make_items(pipe.tokenizer, lengths, rounds, seed)
-            for item in items:
-                bar.set_postfix_str(f"{setting.name} @ {item.length}")
-                ids = prompt_ids(pipe, item.prompt, chat=chat_template)
+            bar.set_postfix_str(setting.name)
+            batch = [prompt_ids(pipe, item.prompt, chat=chat_template) for item in items]
+            for ids in batch:
                 _check_fits(pipe, len(ids), max_new_tokens)
-                start = time.perf_counter()
-                response = pipe(ids, gen_config=gen)
-                seconds = time.perf_counter() - start
-                answer = extract_pass_key(response.text)
+            texts, seconds = generate_batch(pipe, batch, gen, bar)
+            for item, ids, text in zip(items, batch, texts):
+                answer = extract_pass_key(text)
                 records.append({
                     "setting": setting.name, "length": item.length, "round": item.round,
                     "prompt_tokens": len(ids), "pass_key": item.pass_key, "depth": round(item.depth, 4),
-                    "response": response.text, "answer": answer, "correct": answer == item.pass_key,
+                    "response": text, "answer": answer, "correct": answer == item.pass_key,
                     "seconds": round(seconds, 3),
                 })  # fmt: skip
-                bar.update(1)
     finally:
         bar.close()
     return {"summary": summarize(records), "items": records, "trained_length": trained}

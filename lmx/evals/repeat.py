@@ -9,14 +9,13 @@ per item and as means. A document longer than the session loses words at its sta
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import options, report
-from .common import PipelineFactory, RopeSetting, each_setting, prompt_ids, read_text
+from .common import PipelineFactory, RopeSetting, each_setting, generate_batch, prompt_ids, read_text
 from .metrics import levenshtein_ratio, word_count_difference
 
 PROMPT = "Return last {n} words from this text: \n\n"
@@ -78,7 +77,7 @@ def run_repeat(
     chat_template: bool = True,
     temperature: float = 0.0,
 ) -> dict[str, Any]:
-    from lmx.engine import GenerationConfig
+    from lmx.engine import sampling_config
 
     rng = np.random.RandomState(seed)
     counts = [n if n else int(rng.randint(1, max_n)) for _ in documents]
@@ -89,27 +88,26 @@ def run_repeat(
         for setting, pipe in each_setting(factory, settings):
             use_chat = chat_template and bool(getattr(pipe.tokenizer, "chat_template", None))
             scores, diffs = [], []
+            tasks, batch, gens = [], [], []
             for (name, text), count in zip(documents, counts):
-                bar.set_postfix_str(f"{setting.name} {Path(name).name}")
                 new_tokens = max_new_tokens or 2 * count + 32
                 limit = pipe.session_len - new_tokens if getattr(pipe, "session_len", None) else 10**9
                 _, ids, dropped = fit_document(pipe, text, count, limit, use_chat)
-                _, target = make_task(text, count)
-                gen = GenerationConfig(
-                    max_new_tokens=new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-                    random_seed=seed,
-                )  # fmt: skip
-                start = time.perf_counter()
-                response = pipe(ids, gen_config=gen).text.strip()
+                tasks.append((name, count, dropped, make_task(text, count)[1]))
+                batch.append(ids)
+                gens.append(sampling_config(max_new_tokens=new_tokens, temperature=temperature, random_seed=seed))
+            bar.set_postfix_str(setting.name)
+            texts, seconds = generate_batch(pipe, batch, gens, bar)
+            for (name, count, dropped, target), ids, text in zip(tasks, batch, texts):
+                response = text.strip()
                 score, diff = levenshtein_ratio(target, response), word_count_difference(target, response)
                 scores.append(score)
                 diffs.append(diff)
                 records.append({
                     "setting": setting.name, "document": name, "n": count, "prompt_tokens": len(ids),
                     "words_dropped": dropped, "target": target, "response": response, "score": score,
-                    "word_count_difference": diff, "seconds": round(time.perf_counter() - start, 3),
+                    "word_count_difference": diff, "seconds": round(seconds, 3),
                 })  # fmt: skip
-                bar.update(1)
             summary.append({
                 "setting": setting.name, "documents": len(documents), "mean_score": float(np.mean(scores)),
                 "mean_word_count_difference": float(np.mean(diffs)),

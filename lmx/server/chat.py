@@ -63,8 +63,10 @@ class Chat:
     async def chat_stream(self, req: ChatCompletionRequest, ids: list[int], gen) -> AsyncIterator[str]:
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
+        model = self.ctx.model_name
+
         def chunk(delta: dict, finish=None, logprobs=None) -> str:
-            return sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.ctx.model_name,
+            return sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                         "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})  # fmt: skip
 
         tokens = 0

@@ -13,7 +13,7 @@ import socket
 import sys
 from typing import Sequence
 
-from lmx.evals.options import HelpFormatter, non_negative_float, parse_size, positive_float, positive_int
+from lmx.cli import HelpFormatter, add_engine_args, engine_config_from_args, parse_size, positive_float, positive_int
 
 DEFAULT_MODEL = "smollm2-135m"
 MiB = 1024 * 1024
@@ -32,19 +32,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help=f"a Hugging Face directory, a .gguf file or '{DEFAULT_MODEL}' (the embedded SmolLM2, "
                         "default)")  # fmt: skip
     parser.add_argument("--model-name", default=None, help="the name clients send as 'model' (default: MODEL's name)")
-    parser.add_argument("--session-len", type=positive_int, default=None,
-                        help="longest prompt + answer in tokens (default: the model's trained length, times the "
-                        "dynamic factor)")  # fmt: skip
-    parser.add_argument("--rope-scaling-factor", type=non_negative_float, default=0.0,
-                        help="F > 1 turns on dynamic NTK RoPE with factor F (LMDeploy's option)")
-    parser.add_argument("--max-batch-size", type=positive_int, default=64, help="sequences in flight at once")
-    parser.add_argument("--num-blocks", type=positive_int, default=None, help="KV-cache blocks (default: by memory)")
-    parser.add_argument("--block-size", type=positive_int, default=64, help="tokens per KV-cache block")
-    parser.add_argument("--cache-max-entry-count", type=positive_float, default=0.8,
-                        help="fraction of free memory for the KV cache (LMDeploy's option)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    add_engine_args(parser, defaults={"max_queued_requests": 256}, helps={
+        "max_queued_requests": "most requests waiting for a place in the batch; more get 503 with Retry-After"})
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", "--server-port", type=_port, default=23333, help="port (default 23333)")
     parser.add_argument("--api-key", default=os.environ.get("LMX_API_KEY"),
@@ -69,8 +58,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         f"default: {CHARS_PER_TOKEN} x the session length)")  # fmt: skip
     limits.add_argument("--max-prompts-per-request", type=positive_int, default=64, metavar="N",
                         help="most prompts in one /v1/completions or /get_ppl request (413)")
-    limits.add_argument("--max-queued-requests", type=positive_int, default=256, metavar="N",
-                        help="most requests waiting for a place in the batch; more get 503 with Retry-After")
     limits.add_argument("--max-pdf-pages", type=positive_int, default=1000, metavar="N",
                         help="most pages of an uploaded PDF (413)")
     limits.add_argument("--pdf-timeout", type=positive_float, default=60.0, metavar="SECONDS",
@@ -101,14 +88,9 @@ def build_app(args: argparse.Namespace):
         from lmx.server.guards import ServerLimits
     except ModuleNotFoundError as e:
         raise ValueError(f"lmx serve needs the 'serve' extra (pip install 'lmx[serve]'): {e}") from None
-    from lmx import EngineConfig, pipeline
+    from lmx import pipeline
 
-    config = EngineConfig(
-        session_len=args.session_len, rope_scaling_factor=args.rope_scaling_factor,
-        max_batch_size=args.max_batch_size, num_blocks=args.num_blocks, block_size=args.block_size,
-        cache_max_entry_count=args.cache_max_entry_count, dtype=args.dtype, device=args.device,
-        num_threads=args.threads, max_queued_requests=args.max_queued_requests,
-    )  # fmt: skip
+    config = engine_config_from_args(args)
     limits = ServerLimits(
         max_body_bytes=args.max_body_bytes, max_upload_bytes=args.max_upload_bytes,
         max_prompt_chars=args.max_prompt_chars, max_prompts_per_request=args.max_prompts_per_request,

@@ -140,7 +140,7 @@ class Completions:
         pairs: list = [None] * min(1, len(prompt_ids)) + list(prompt_scores) + list(out_logprobs)
         token_logprobs, top_logprobs, text_offset, offset = [], [], [], 0
         cache: dict[int, str] = dict(zip(ids, strings))
-        for token, string, pair in zip(ids, strings, pairs):
+        for string, pair in zip(strings, pairs):
             text_offset.append(offset)
             offset += len(string)
             if pair is None:
@@ -163,8 +163,10 @@ class Completions:
     async def completion_stream(self, req: CompletionRequest, ids, text, gen) -> AsyncIterator[str]:
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
+        model = self.ctx.model_name
+
         def chunk(piece: str, logprobs, finish) -> str:
-            return sse({"id": cid, "object": "text_completion", "created": created, "model": self.ctx.model_name,
+            return sse({"id": cid, "object": "text_completion", "created": created, "model": model,
                         "choices": [{"index": 0, "text": piece, "logprobs": logprobs, "finish_reason": finish}]})  # fmt: skip
 
         completion_tokens = 0

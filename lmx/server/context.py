@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from lmx.engine import EngineBusyError, GenerationConfig
+from lmx.engine import EngineBusyError, GenerationConfig, sampling_config
 
 from .engine_loop import AsyncEngine
 from .errors import APIError, busy_error, user_error
@@ -73,9 +73,9 @@ class ServerContext:
     def gen_config(self, req, max_new_tokens: int, logprobs: int | None) -> GenerationConfig:
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         try:
-            return GenerationConfig(
-                max_new_tokens=max_new_tokens, do_sample=req.temperature > 0, temperature=req.temperature,
-                top_p=req.top_p, top_k=max(req.top_k, 0), repetition_penalty=req.repetition_penalty,
+            return sampling_config(
+                max_new_tokens=max_new_tokens, temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0),
+                repetition_penalty=req.repetition_penalty,
                 stop_words=stop or None, stop_token_ids=req.stop_token_ids, ignore_eos=req.ignore_eos,
                 random_seed=req.seed, logprobs=logprobs,
             )  # fmt: skip

@@ -16,7 +16,6 @@ from fastapi.responses import StreamingResponse
 from .errors import error_body, error_for
 
 
-
 class EventStream(StreamingResponse):
     """SSE that stops (and closes its generator, which aborts the request) as soon as the client disconnects.
 

@@ -91,12 +91,16 @@ class FakePipeline:
         return self.tokenizer.encode(prompt)
 
     def __call__(self, prompt, gen_config=None, do_preprocess=False):
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):  # a batch, as Pipeline takes it
+            gens = gen_config if isinstance(gen_config, list) else [gen_config] * len(prompt)
+            return [self(p, g, do_preprocess) for p, g in zip(prompt, gens)]
         text = self.tokenizer.decode(prompt) if isinstance(prompt, list) else prompt
         self.prompts.append(text)
         return FakeResponse(self.answer(text), len(self.encode(text)))
 
     def get_ppl(self, ids):
-        return [1.0 + len(ids) / 1000]
+        batch = ids if ids and isinstance(ids[0], list) else [ids]
+        return [1.0 + len(one) / 1000 for one in batch]
 
 
 class FakeTokenizer:

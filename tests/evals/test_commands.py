@@ -35,10 +35,10 @@ def test_passkey_command(tiny_model, tmp_path, capsys):
         "--rope-scaling-factor", 1, 2, "--max-new-tokens", 4, "--output", tmp_path, "--seed", 3,
     )  # fmt: skip
     assert status == 0, err
-    assert "default" in out and "dynamic:2" in out and f"trained context {TINY_MAX_POSITIONS}" in out
+    assert "model" in out and "dynamic:2" in out and f"trained context {TINY_MAX_POSITIONS}" in out
     result = json.loads((tmp_path / "passkey.json").read_text())
     assert [(s["setting"], s["length"]) for s in result["summary"]] == [
-        ("default", 200), ("default", 400), ("dynamic:2", 200), ("dynamic:2", 400)
+        ("model", 200), ("model", 400), ("dynamic:2", 200), ("dynamic:2", 400)
     ]  # fmt: skip
     assert len(result["items"]) == 8 and result["config"]["seed"] == 3
     assert_png(tmp_path / "passkey.png")
@@ -59,7 +59,7 @@ def test_niah_command_heatmap_grid(tiny_model, tmp_path, capsys):
     )  # fmt: skip
     assert status == 0, err
     result = json.loads((tmp_path / "niah.json").read_text())
-    grid = result["grids"]["default"]
+    grid = result["grids"]["model"]
     assert len(grid) == 3 and all(len(row) == 2 for row in grid)  # depth rows x length columns
     assert all(v in (0.0, 100.0) for row in grid for v in row)
     assert len(result["items"]) == 6 and "mean" in out
@@ -122,7 +122,7 @@ def test_longbench_command_skips_malformed_line(tiny_model, tmp_path, capsys):
     assert status == 1  # the good lines scored, but a line was bad
     assert f"{data}:2: malformed JSON" in err and "Traceback" not in err
     result = json.loads((tmp_path / "longbench.json").read_text())
-    scored = result["results"]["default"]["hotpotqa"]
+    scored = result["results"]["model"]["hotpotqa"]
     assert [it["_line"] for it in scored["items"]] == [1, 3]
     assert scored["items"][1]["tokens_before_truncation"] > 180  # the long one was truncated in the middle
     assert "hotpotqa" in out and "qa_f1" in out
@@ -163,7 +163,7 @@ def test_generate_and_chat_commands(tiny_model, capsys, monkeypatch):
     (["niah", "--depths", "50", "120"], "--depths: expected percents from 0 to 100, got [120.0]"),
     (["longbench", "--data", "{tmp}/nosuchtask.jsonl"], "task: expected one of"),
     (["longbench", "--data", "{tmp}/x.jsonl", "--task", "nosuchtask"], "got 'nosuchtask'"),
-    (["passkey", "--rope", "ntk:2"], "--rope: expected one of default, dynamic, linear, yarn"),
+    (["passkey", "--rope", "ntk:2"], "--rope: expected one of model, default, dynamic, linear, yarn"),
     (["passkey", "--model", "{tmp}/no-model", "--lengths", "300"], "model: expected a Hugging Face directory"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, capsys):
@@ -189,3 +189,55 @@ def test_console_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "lmx", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("passkey", "niah", "ppl", "repeat", "longbench", "generate", "chat", "demo"):
         assert command in out
+
+
+@pytest.mark.parametrize("command, extra", [
+    ("passkey", ["--lengths", 200, 300, "--rounds", 2, "--max-new-tokens", 6]),
+    ("niah", ["--lengths", 150, 300, "--depths", 0, 100, "--max-new-tokens", 6]),
+])  # fmt: skip
+def test_batched_evals_equal_one_prompt_at_a_time(tiny_model, tmp_path, capsys, command, extra):
+    """Each setting's prompts go to the engine as one batch; greedy answers equal those of one at a time."""
+    results = []
+    for batch in (1, 4):
+        out = tmp_path / f"batch{batch}"
+        status, _, err = run(capsys, command, "--model", tiny_model, *extra, "--max-batch-size", batch,
+                             "--output", out)  # fmt: skip
+        assert status == 0, err
+        items = json.loads((out / f"{command}.json").read_text())["items"]
+        results.append([{k: v for k, v in it.items() if k != "seconds"} for it in items])
+    assert results[0] == results[1] and len(results[0]) == 4
+
+
+def test_engine_options_are_the_same_for_every_front_end():
+    """serve, the evaluations and generate build their engine options from EngineConfig's fields, once."""
+    import dataclasses
+
+    from lmx import EngineConfig
+    from lmx.cli import build_parser, engine_config_from_args, engine_flag, parse_engine_value
+
+    parser = build_parser()
+    argv = ["--session-len", "4k", "--max-batch-size", "3", "--block-size", "32", "--num-blocks", "9",
+            "--cache-max-entry-count", "0.5", "--max-prefill-token-num", "77", "--dtype", "float32",
+            "--device", "cpu", "--threads", "2", "--no-prefix-caching"]  # fmt: skip
+    expected = EngineConfig(session_len=4096, max_batch_size=3, block_size=32, num_blocks=9,
+                            cache_max_entry_count=0.5, max_prefill_token_num=77, dtype="float32", device="cpu",
+                            num_threads=2, enable_prefix_caching=False)  # fmt: skip
+    serve = engine_config_from_args(parser.parse_args(["serve", *argv, "--rope-scaling-factor", "2",
+                                                       "--max-queued-requests", "5"]))  # fmt: skip
+    assert serve == dataclasses.replace(expected, rope_scaling_factor=2.0, max_queued_requests=5)
+    assert engine_config_from_args(parser.parse_args(["serve", "--rope", "linear:4"])).rope_scaling == {
+        "rope_type": "linear", "factor": 4.0}  # fmt: skip
+    commands = [["passkey"], ["niah"], ["ppl"], ["repeat", "--docs", "x"], ["longbench", "--data", "x"], ["generate"]]
+    for command in commands:
+        args = parser.parse_args([*command, *argv])
+        assert engine_config_from_args(args) == expected, command
+        assert not hasattr(args, "batch_size")  # one name for the batch: --max-batch-size
+    with pytest.raises(SystemExit):  # argparse's usage error: a fraction must be in (0, 1]
+        parser.parse_args(["serve", "--cache-max-entry-count", "2"])
+    assert engine_flag("num_threads") == "--threads" and engine_flag("rope_scaling") == "--rope"
+    # lm-eval's model_args read the same way
+    assert parse_engine_value("session_len", "16k") == 16384 and parse_engine_value("num_blocks", "none") is None
+    assert parse_engine_value("rope_scaling", "dynamic:2") == {"rope_type": "dynamic", "factor": 2.0}
+    assert parse_engine_value("enable_prefix_caching", "false") is False
+    with pytest.raises(ValueError, match="block_size"):
+        parse_engine_value("block_size", "zero")

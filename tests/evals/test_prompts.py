@@ -50,7 +50,7 @@ def test_passkey_extract_and_score(fake_factory):
 
         return FakePipeline(answer_for(setting))
 
-    result = passkey.run_passkey(factory, [RopeSetting(), RopeSetting("dynamic", 2.0)], [300, 600], rounds=2, seed=0)
+    result = passkey.run_passkey(factory, [RopeSetting("default"), RopeSetting("dynamic", 2.0)], [300, 600], rounds=2, seed=0)
     acc = {(s["setting"], s["length"]): s["accuracy"] for s in result["summary"]}
     assert acc == {("default", 300): 0.0, ("default", 600): 0.0, ("dynamic:2", 300): 100.0, ("dynamic:2", 600): 100.0}
     # the same prompts under every setting
@@ -62,14 +62,16 @@ def test_passkey_extract_and_score(fake_factory):
 
 
 @pytest.mark.parametrize("spec,expected", [
-    ("default", RopeSetting()), ("dynamic:2", RopeSetting("dynamic", 2.0)), ("linear:4", RopeSetting("linear", 4.0)),
-    ("2.0", RopeSetting("dynamic", 2.0)), ("1", RopeSetting()), ("0", RopeSetting()), ("DYNAMIC", RopeSetting("dynamic", 2.0)),
+    ("default", RopeSetting("default")), ("model", RopeSetting()), ("dynamic:2", RopeSetting("dynamic", 2.0)),
+    ("linear:4", RopeSetting("linear", 4.0)), ("DYNAMIC", RopeSetting("dynamic", 2.0)),
+    # a bare factor means what --rope-scaling-factor F means for lmx serve: the model's RoPE unless F > 1
+    ("2.0", RopeSetting("dynamic", 2.0)), ("1", RopeSetting()), ("0", RopeSetting()),
 ])  # fmt: skip
 def test_parse_rope_setting(spec, expected):
     assert parse_rope_setting(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["ntk:2", "dynamic:x", "linear:0.5", "default:2"])
+@pytest.mark.parametrize("spec", ["ntk:2", "dynamic:x", "linear:0.5", "default:2", "model:2"])
 def test_parse_rope_setting_rejects(spec):
     with pytest.raises(ValueError, match="--rope"):
         parse_rope_setting(spec)
@@ -78,7 +80,8 @@ def test_parse_rope_setting_rejects(spec):
 def test_rope_settings_merge_without_repeats():
     names = [s.name for s in rope_settings(["default", "dynamic:2"], [2.0, 4.0])]
     assert names == ["default", "dynamic:2", "dynamic:4"]
-    assert [s.name for s in rope_settings(None, None)] == ["default"]
+    assert [s.name for s in rope_settings(None, None)] == ["model"]  # no flag: the checkpoint's RoPE, as serve
+    assert RopeSetting().engine_kwargs() == {} and RopeSetting("default").rope_scaling == {"rope_type": "default"}
 
 
 @pytest.mark.parametrize("depth", [0, 25, 50, 75, 100])
@@ -106,7 +109,7 @@ def test_niah_scores():
 
 def test_niah_grid_on_fake_pipeline(fake_factory):
     factory, _ = fake_factory(lambda prompt: " 7392815" if prompt.index("7392815") < len(prompt) / 2 else " none")
-    result = niah.run_niah(factory, [RopeSetting()], [300, 600], [0, 50, 100])
+    result = niah.run_niah(factory, [RopeSetting("default")], [300, 600], [0, 50, 100])
     grid = result["grids"]["default"]
     assert len(grid) == 3 and all(len(row) == 2 for row in grid)
     assert grid[0] == [100.0, 100.0] and grid[2] == [0.0, 0.0]
