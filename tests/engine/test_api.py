@@ -124,3 +124,17 @@ def test_scoring_requests_and_abort(tiny_pipe):
     tiny_pipe.abort(running)
     tiny_pipe.abort(running)  # a finished request is left as it is
     assert running.finish_reason == "abort" and tiny_pipe.num_unfinished == 0
+
+
+def test_one_rule_for_greedy_or_sample():
+    """``sampling_config`` is what every front end (server, lm-eval, generate, repeat) uses: greedy exactly when
+    do_sample is False or the temperature is 0; otherwise sampling at the temperature (1.0 when not given)."""
+    from lmx.engine import sampling_config
+
+    assert not sampling_config(temperature=0, top_p=0.5, top_k=5).sampling  # OpenAI/CLI: 0 = greedy
+    assert not sampling_config(do_sample=False, temperature=0.8).sampling  # lm-eval: do_sample decides first
+    assert not sampling_config(do_sample=True, temperature=0.0).sampling
+    on = sampling_config(temperature=0.7, top_p=0.9, max_new_tokens=3, random_seed=4)
+    assert on.sampling and (on.temperature, on.top_p, on.max_new_tokens, on.random_seed) == (0.7, 0.9, 3, 4)
+    assert sampling_config().sampling and sampling_config().temperature == 1.0  # OpenAI's default: sample at 1
+    assert sampling_config(do_sample=True).sampling

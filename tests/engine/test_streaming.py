@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_helpers import VOCAB, fp32_engine_config, make_tiny_model  # noqa: E402
+from engine_helpers import VOCAB, fp32_engine_config, make_tiny_model, needs_smollm2, smollm2_gguf  # noqa: E402
 
 CORPUS = [
     "naïve café — déjà vu; 東京は日本の首都です。🙂🚀 emoji 👩‍👩‍👧 end",
@@ -158,3 +158,20 @@ def test_detokenizer_decodes_windows_in_the_engine(pipe, monkeypatch):
     monkeypatch.setattr(type(pipe.tokenizer), "decode", counting)
     out = pipe("東京は", gen_config=GenerationConfig(max_new_tokens=120, ignore_eos=True, stop_words=["never there"]))
     assert out.generate_token_len == 120 and max(sizes) < 30, f"decoded up to {max(sizes)} tokens at once"
+
+
+@needs_smollm2
+def test_smollm2_stop_word_stream_equals_the_answer():
+    """The reported drift: on SmolLM2, stream_infer with a stop word streamed ' Par' and then an empty delta while
+    the answer was longer. Stop words taken from the free answer, one token and several tokens long."""
+    from lmx import EngineConfig, GenerationConfig, pipeline
+
+    smol = pipeline(str(smollm2_gguf()), engine_config=EngineConfig(session_len=256, max_batch_size=2))
+    prompt = "The capital of France is"
+    free = smol(prompt, gen_config=GenerationConfig(max_new_tokens=24, ignore_eos=True)).text
+    words = free.split()
+    for stop in [words[1], " " + " ".join(words[3:5]), words[-1][-2:]]:
+        gen = GenerationConfig(max_new_tokens=24, ignore_eos=True, stop_words=[stop])
+        pieces, _, whole = pieces_and_whole(smol, prompt, gen)
+        assert "".join(pieces) == whole.text == free[: free.find(stop)], (stop, pieces)
+        assert whole.finish_reason == "stop"
