@@ -74,26 +74,43 @@ class EngineConfig:
             Results are unchanged; perplexity requests always compute every token.
     """
 
-    session_len: int | None = _cli(None, "length", "longest prompt + answer in tokens (4k = 4096; default: the model's "
-                                   "trained length, times the dynamic factor)")
-    rope_scaling_factor: float = _cli(0.0, "non_negative_float", "F > 1 turns on dynamic NTK RoPE with factor F "
-                                      "(LMDeploy's option); F <= 1 keeps the model's RoPE", metavar="F")
-    rope_scaling: Mapping[str, Any] | None = _cli(None, "rope", "the RoPE to run: model (the checkpoint's, default), "
-                                                  "default (plain RoPE), dynamic:F, linear:F or yarn:F",
-                                                  flag="--rope", metavar="SPEC")
+    session_len: int | None = _cli(
+        None,
+        "length",
+        "longest prompt + answer in tokens (4k = 4096; default: the model's trained length, times the dynamic factor)",
+    )
+    rope_scaling_factor: float = _cli(
+        0.0,
+        "non_negative_float",
+        "F > 1 turns on dynamic NTK RoPE with factor F (LMDeploy's option); F <= 1 keeps the model's RoPE",
+        metavar="F",
+    )
+    rope_scaling: Mapping[str, Any] | None = _cli(
+        None,
+        "rope",
+        "the RoPE to run: model (the checkpoint's, default), default (plain RoPE), dynamic:F, linear:F or yarn:F",
+        flag="--rope",
+        metavar="SPEC",
+    )
     max_batch_size: int = _cli(64, "positive_int", "most sequences in flight at once")
     block_size: int = _cli(64, "positive_int", "tokens per KV-cache block")
     cache_max_entry_count: float = _cli(0.8, "fraction", "fraction of free memory for the KV cache (LMDeploy's option)")
     num_blocks: int | None = _cli(None, "positive_int", "KV-cache blocks (default: by memory)")
     max_prefill_token_num: int = _cli(8192, "positive_int", "most tokens prefilled in one step (the prefill chunk)")
-    max_queued_requests: int | None = _cli(None, "positive_int", "most requests waiting for a place in the batch",
-                                           metavar="N")
-    dtype: str = _cli("auto", "choice", "compute dtype (auto: the checkpoint's on CUDA, float32 on a CPU without bf16)",
-                      choices=DTYPES)
+    max_queued_requests: int | None = _cli(
+        None, "positive_int", "most requests waiting for a place in the batch", metavar="N"
+    )
+    dtype: str = _cli(
+        "auto",
+        "choice",
+        "compute dtype (auto: the checkpoint's on CUDA, float32 on a CPU without bf16)",
+        choices=DTYPES,
+    )
     device: str = _cli("auto", "choice", "auto: CUDA when available", choices=DEVICES)
     num_threads: int | None = _cli(None, "positive_int", "CPU threads for torch", flag="--threads")
-    enable_prefix_caching: bool = _cli(True, "bool", "reuse the KV blocks of earlier requests' shared prefixes",
-                                       flag="--prefix-caching")
+    enable_prefix_caching: bool = _cli(
+        True, "bool", "reuse the KV blocks of earlier requests' shared prefixes", flag="--prefix-caching"
+    )
 
     def __post_init__(self) -> None:
         _check_int("session_len", self.session_len, minimum=1, optional=True)

@@ -180,8 +180,9 @@ class Pipeline:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if not (isinstance(messages, (list, tuple)) and all(isinstance(m, dict) for m in messages)):
             raise RequestTypeError(
-                "prompt", "prompt: expected a string, a list of token ids or a list of {'role', 'content'} messages, "
-                f"got {type(prompt).__name__}"
+                "prompt",
+                "prompt: expected a string, a list of token ids or a list of {'role', 'content'} messages, "
+                f"got {type(prompt).__name__}",
             )
         if not getattr(tokenizer, "chat_template", None):
             raise RequestError(

@@ -23,7 +23,6 @@ class ServerContext:
         self.tokenizer = engine.tokenizer
         self.created = int(time.time())
 
-
     @property
     def session_len(self) -> int:
         return self.engine.pipe.max_sequence_len

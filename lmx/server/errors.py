@@ -58,7 +58,6 @@ def user_error(e: Exception, prompt_field: str) -> APIError:
     return APIError(400, str(err), param, err.code)
 
 
-
 def error_for(e: BaseException) -> APIError:
     """The API's answer to an exception raised while serving a request (engine errors, request errors)."""
     if isinstance(e, APIError):
@@ -89,6 +88,7 @@ async def engine_errors(awaitable):
 
 def install_handlers(app: FastAPI) -> None:
     """OpenAI's error body for API errors, unknown routes, FastAPI's own validation and unexpected exceptions."""
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
         return error_response(e.status, e.message, e.param, e.code, e.type, e.headers)
@@ -110,4 +110,3 @@ def install_handlers(app: FastAPI) -> None:
         while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:  # a TaskGroup's one failure
             e = e.exceptions[0]
         return error_response(500, f"internal error: {type(e).__name__}: {e}", None, None, "internal_error")
-
