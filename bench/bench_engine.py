@@ -78,14 +78,18 @@ def worker_llama_cpp(args) -> dict:
     llm = Llama(model_path=str(path), n_ctx=args.context + args.decode_tokens + 8, n_threads=os.cpu_count(),
                 n_threads_batch=os.cpu_count(), flash_attn=True, verbose=False)
     ids = prompt_ids(args.context)
+
+    def greedy() -> int:  # the last evaluated token's logits (llama-cpp-python keeps scores only with logits_all)
+        return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
+
     t0 = time.perf_counter()
     llm.eval(ids)
     prefill_s = time.perf_counter() - t0
-    tokens = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    tokens = [greedy()]
     t0 = time.perf_counter()
     for _ in range(args.decode_tokens):
         llm.eval([tokens[-1]])
-        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        tokens.append(greedy())
     decode_s = time.perf_counter() - t0
     return _result(args, prefill_s, decode_s, tokens, "gguf")
 

@@ -2,6 +2,7 @@
 
     python bench/profile_prefill.py --context 8192                 # dtype auto, the engine's default chunk
     python bench/profile_prefill.py --context 15360 --chunk 2048 --dtype float32
+    python bench/profile_prefill.py --context 8192 --compare-chunks 1024,2048,4096,8192 --rounds 3
 
 SmolLM2-135M from the embedded GGUF, one sequence, ``max_new_tokens=1`` (the prefill and its first token). Every
 profiled op's *self* time (on the calling thread, so intra-op threads are included as wall time) is put in one
@@ -111,6 +112,29 @@ def profile(context: int, chunk: int | None, dtype: str, threads: int | None) ->
     }
 
 
+def compare_chunks(context: int, chunks: list[int], dtype: str, rounds: int) -> dict[int, list[float]]:
+    """Prefill tokens/s of one engine for each prefill chunk, the chunks alternating round by round (no profiler)."""
+    from lmx import EngineConfig, GenerationConfig, pipeline
+
+    session_len = context + 2
+    pipe = pipeline("smollm2-135m", engine_config=EngineConfig(
+        dtype=dtype, device="cpu", session_len=session_len, max_batch_size=1, block_size=64,
+        num_blocks=-(-session_len // 64) + 8, enable_prefix_caching=False))  # fmt: skip
+    engine = pipe.engine
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, engine.runner.cfg.vocab_size - 100, (context,), generator=g).tolist()
+    rates: dict[int, list[float]] = {c: [] for c in chunks}
+    for _ in range(rounds):
+        for chunk in chunks:
+            engine.scheduler.max_prefill_token_num = chunk
+            seq = engine.add_request(ids, GenerationConfig(max_new_tokens=1, ignore_eos=True))
+            t0 = time.perf_counter()
+            while not seq.is_finished:
+                engine.step()
+            rates[chunk].append(context / (time.perf_counter() - t0))
+    return rates
+
+
 def print_table(r: dict) -> None:
     print(f"SmolLM2-135M prefill of {r['context']} tokens, {r['dtype']}, chunk {r['chunk']} ({r['steps']} steps), "
           f"{r['threads']} threads: {r['wall_s']:.2f} s, {r['prefill_tok_s']:.0f} tok/s")
@@ -127,7 +151,17 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--compare-chunks", default=None, help="e.g. 1024,2048,8192: prefill tok/s per chunk, "
+                        "alternating, instead of the profile")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.compare_chunks:
+        rates = compare_chunks(args.context, [int(c) for c in args.compare_chunks.split(",")], args.dtype,
+                               args.rounds)
+        print(f"prefill of {args.context} tokens, {args.dtype}: tok/s per round")
+        for chunk, r in rates.items():
+            print(f"chunk {chunk:>6}: " + " ".join(f"{x:7.1f}" for x in r) + f"   median {sorted(r)[len(r) // 2]:.1f}")
+        return
     r = profile(args.context, args.chunk, args.dtype, args.threads)
     print_table(r)
     if args.json:
