@@ -159,8 +159,10 @@ def main() -> None:
     chat_summary = print_table(f"multi-turn chat: {args.turns} turns, first message with a {args.chat_doc_tokens}-"
                                "token document", "turn", chat)  # fmt: skip
     goal = qa_summary["ttft_speedup_later"] >= 20
-    print(f"goal (repeated-document TTFT >= 20x lower, answers identical): "
-          f"{'met' if goal and qa_summary['answers_equal'] else 'NOT met'}")
+    print(
+        f"goal (repeated-document TTFT >= 20x lower, answers identical): "
+        f"{'met' if goal and qa_summary['answers_equal'] else 'NOT met'}"
+    )
     result = {"args": vars(args), "cpus": os.cpu_count(), "document_qa": {**qa, "summary": qa_summary},
               "multi_turn": {**chat, "summary": chat_summary}}  # fmt: skip
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -52,14 +52,27 @@ def paged(B, L, Hq, Hkv, D, bs, dtype, n_query):
 
 
 def bench_decode(ops, dtype, rows):
-    for B, L, Hq, Hkv, D in [(1, 32768, 32, 8, 128), (16, 4096, 32, 8, 128), (64, 2048, 32, 8, 128),
-                             (8, 131072, 32, 8, 128)]:
+    for B, L, Hq, Hkv, D in [
+        (1, 32768, 32, 8, 128),
+        (16, 4096, 32, 8, 128),
+        (64, 2048, 32, 8, 128),
+        (8, 131072, 32, 8, 128),
+    ]:
         args = paged(B, L, Hq, Hkv, D, 16, dtype, 1)
         ms = timed(lambda args=args, D=D: ops.paged_attention(*args, D**-0.5))
         kv_bytes = 2 * B * L * Hkv * D * args[0].element_size()
         ref = copy_ms(kv_bytes)
-        rows.append(dict(bench="decode", shape=f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}", ms=ms, baseline="copy",
-                         baseline_ms=ref, gbps=kv_bytes / ms / 1e6, copy_gbps=2 * kv_bytes / ref / 1e6))
+        rows.append(
+            dict(
+                bench="decode",
+                shape=f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}",
+                ms=ms,
+                baseline="copy",
+                baseline_ms=ref,
+                gbps=kv_bytes / ms / 1e6,
+                copy_gbps=2 * kv_bytes / ref / 1e6,
+            )
+        )
 
 
 def bench_prefill(ops, dtype, rows):
@@ -71,14 +84,24 @@ def bench_prefill(ops, dtype, rows):
         q = torch.randn(B, H, L, D, dtype=dtype, device="cuda")
         k, v = torch.randn_like(q), torch.randn_like(q)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            ref = timed(lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
-                        iters=5)
+            ref = timed(
+                lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), iters=5
+            )
         flops = 2 * 2 * B * H * L * L * D / 2  # causal: half of QK^T and PV
         # The glue's choice (csrc/cuda/launchers.h): tensor cores (wmma) for fp16 / bf16 with head_dim % 16 == 0.
         kernel = "prefill-wmma" if dtype in (torch.float16, torch.bfloat16) and D % 16 == 0 else "prefill-simt"
-        rows.append(dict(bench="prefill", kernel=kernel, shape=f"B={B} L={L} H={H} D={D}", ms=ms,
-                         baseline="sdpa-flash", baseline_ms=ref, tflops=flops / ms / 1e9,
-                         baseline_tflops=flops / ref / 1e9))
+        rows.append(
+            dict(
+                bench="prefill",
+                kernel=kernel,
+                shape=f"B={B} L={L} H={H} D={D}",
+                ms=ms,
+                baseline="sdpa-flash",
+                baseline_ms=ref,
+                tflops=flops / ms / 1e9,
+                baseline_tflops=flops / ref / 1e9,
+            )
+        )
 
 
 def bench_rope_cache(ops, dtype, rows):
@@ -97,8 +120,17 @@ def bench_rope_cache(ops, dtype, rows):
         ms = timed(lambda a=(q, k, v, kc, vc, slots, pos, rope): ops.rotary_embedding_and_cache(*a))
         moved = (2 * q.numel() + 2 * k.numel() + v.numel() + 2 * k.numel()) * q.element_size()  # read + write
         ref = copy_ms(moved // 2)
-        rows.append(dict(bench="rope+cache", shape=f"T={T} Hq={Hq} Hkv={Hkv} D={D}", ms=ms, baseline="copy",
-                         baseline_ms=ref, gbps=moved / ms / 1e6, copy_gbps=moved / ref / 1e6))
+        rows.append(
+            dict(
+                bench="rope+cache",
+                shape=f"T={T} Hq={Hq} Hkv={Hkv} D={D}",
+                ms=ms,
+                baseline="copy",
+                baseline_ms=ref,
+                gbps=moved / ms / 1e6,
+                copy_gbps=moved / ref / 1e6,
+            )
+        )
 
 
 def main() -> int:
@@ -121,12 +153,16 @@ def main() -> int:
     bench_rope_cache(ops, dtype, rows)
     print(f"{'bench':11s} {'shape':34s} {'ms':>9s} {'baseline':>11s} {'base ms':>9s}  rate")
     for r in rows:
-        rate = (f"{r['gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s" if "gbps" in r
-                else f"{r['tflops']:.1f} TFLOP/s vs {r['baseline_tflops']:.1f}")
+        rate = (
+            f"{r['gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
+            if "gbps" in r
+            else f"{r['tflops']:.1f} TFLOP/s vs {r['baseline_tflops']:.1f}"
+        )
         print(f"{r['bench']:11s} {r['shape']:34s} {r['ms']:9.3f} {r['baseline']:>11s} {r['baseline_ms']:9.3f}  {rate}")
     if args.json:
-        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype=args.dtype,
-                    build=ops.build_info())
+        meta = dict(
+            device=torch.cuda.get_device_name(), torch=torch.__version__, dtype=args.dtype, build=ops.build_info()
+        )
         with open(args.json, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
     return 0

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lmx.cli import parse_engine_value
 from lmx.engine import EngineConfig, sampling_config
 
+
 def _engine_config(kwargs: dict[str, Any]) -> EngineConfig:
     """``EngineConfig`` from lm-eval's model_args: text values are read as ``lmx serve``'s options read them
     (``rope_scaling=dynamic:2``, ``session_len=16k``, ``dtype=float32``); parsed values pass as they are."""
@@ -62,11 +63,11 @@ class LmxLM(TemplateLM):
         self.max_gen_toks = int(max_gen_toks)
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "LmxLM":
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> LmxLM:
         return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
-    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "LmxLM":
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> LmxLM:
         """model_args win; lm-eval's --device fills ``device`` only when model_args has none."""
         args = dict(arg_dict)
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}

@@ -186,7 +186,15 @@ def paged_attention(
     if out is None:
         out = query.new_empty(query.shape)  # contiguous, whatever the strides of query
     _ops.paged_attention(
-        out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, float(scale), alibi_slopes,
+        out,
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        cu_seqlens_q,
+        float(scale),
+        alibi_slopes,
         int(sliding_window),
     )
     return out

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 SCALING_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 # Index of each scaling type in the C++ enum (csrc/rope_math.h: RopeScaling).
@@ -220,7 +221,7 @@ class RopeConfig:
     @classmethod
     def from_hf_config(
         cls, config: Any, *, rope_scaling_factor: float | None = None, rope_scaling: Mapping[str, Any] | None = None
-    ) -> "RopeConfig":
+    ) -> RopeConfig:
         """Build from a transformers config object or its ``config.json`` dict.
 
         Reads both spellings: ``rope_parameters`` (transformers 5) and ``rope_theta`` + ``rope_scaling`` (older).

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def make_paged_batch(seq_lens, query_lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype,
-                     extra_blocks=3, max_blocks=None):
+def make_paged_batch(
+    seq_lens, query_lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype, extra_blocks=3, max_blocks=None
+):
     """Random K/V for each sequence scattered into shuffled cache blocks; every other slot holds NaN.
 
     Returns (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q).

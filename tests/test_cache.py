@@ -38,8 +38,15 @@ def test_reshape_and_cache(block_size, head_dim, dtype):
     assert torch.equal(v_cache.nan_to_num(7.0), v_ref.nan_to_num(7.0))
 
 
-@pytest.mark.parametrize("in_dtype,cache_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
-                                                   (torch.float32, torch.float16), (torch.float16, torch.float32)])
+@pytest.mark.parametrize(
+    "in_dtype,cache_dtype",
+    [
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.float16),
+        (torch.float16, torch.float32),
+    ],
+)
 def test_reshape_and_cache_converts(in_dtype, cache_dtype):
     key = torch.randn(9, 3, 64, dtype=in_dtype)
     k_cache, v_cache = _caches(4, 16, 3, 64, cache_dtype)
@@ -65,8 +72,9 @@ def test_reshape_and_cache_reads_strided_views():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_rotary_and_cache(block_size, scaling, dtype):
     T, Hq, Hkv, D = 29, 8, 2, 128
-    rope = RopeConfig(rotary_dim=D, scaling_type=scaling, factor=2.0 if scaling == "dynamic" else 1.0,
-                      max_position_embeddings=8)
+    rope = RopeConfig(
+        rotary_dim=D, scaling_type=scaling, factor=2.0 if scaling == "dynamic" else 1.0, max_position_embeddings=8
+    )
     num_blocks = max(2, 64 // block_size + 1)
     q, k, v = (torch.randn(T, h, D, dtype=dtype) for h in (Hq, Hkv, Hkv))
     slots = _slots(T, num_blocks, block_size)
@@ -78,8 +86,11 @@ def test_fused_rotary_and_cache(block_size, scaling, dtype):
     kc, vc = kc_ref.clone(), vc_ref.clone()
     reference.rotary_embedding_and_cache(q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, **kwargs)
     ops.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, **kwargs)
-    tol = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-           torch.float16: dict(atol=2e-3, rtol=2e-3)}[dtype]
+    tol = {
+        torch.float32: dict(atol=1e-5, rtol=1e-5),
+        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+        torch.float16: dict(atol=2e-3, rtol=2e-3),
+    }[dtype]
     torch.testing.assert_close(q, q_ref, **tol)
     torch.testing.assert_close(k, k_ref, **tol)
     torch.testing.assert_close(kc.nan_to_num(7.0), kc_ref.nan_to_num(7.0), **tol)

@@ -22,8 +22,13 @@ OPS = ("rotary_embedding", "rotary_embedding_and_cache", "reshape_and_cache", "p
 
 def test_fuzz_ops_never_kill_the_process():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "tests.test_fuzz_ops", str(NUM_CASES)], cwd=root,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.test_fuzz_ops", str(NUM_CASES)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     last_case = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else ["(none)"]
     assert proc.returncode == 0, f"exit {proc.returncode}; last case: {last_case}\n{proc.stdout[-6000:]}"
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -77,8 +82,13 @@ def _random_rope(rng, rotary_dim):
 
     scaling = rng.choice(["default", "linear", "dynamic", "yarn", "llama3"])
     max_pos = rng.choice([16, 64, 256])
-    kwargs = dict(rotary_dim=rotary_dim, base=rng.choice([10000.0, 500000.0]), scaling_type=scaling,
-                  max_position_embeddings=max_pos, is_neox=rng.random() < 0.5)
+    kwargs = dict(
+        rotary_dim=rotary_dim,
+        base=rng.choice([10000.0, 500000.0]),
+        scaling_type=scaling,
+        max_position_embeddings=max_pos,
+        is_neox=rng.random() < 0.5,
+    )
     if scaling in ("linear", "dynamic"):
         kwargs["factor"] = rng.uniform(1.0, 4.0)
     elif scaling == "yarn":
@@ -144,8 +154,11 @@ def _rotary_case(torch, rng, fused: bool) -> Case:
         ("positions_int32", TypeError, lambda: a.update(positions=positions.int())),
         ("positions_length", ValueError, lambda: a.update(positions=torch.zeros(T + 1, dtype=torch.long))),
         ("rope_params_count", ValueError, lambda: a.update(packed=packed[: rng.randint(0, len(packed) - 1)])),
-        ("rope_params_not_finite", ValueError,
-         lambda: packed.__setitem__(rng.randrange(len(packed)), rng.choice([float("nan"), float("inf"), -1e400]))),
+        (
+            "rope_params_not_finite",
+            ValueError,
+            lambda: packed.__setitem__(rng.randrange(len(packed)), rng.choice([float("nan"), float("inf"), -1e400])),
+        ),
         ("rope_scaling_code", ValueError, lambda: packed.__setitem__(0, rng.choice([-1.0, 0.5, 5.0, 1e300]))),
         ("rope_base", ValueError, lambda: packed.__setitem__(1, rng.choice([1.0, 0.0, -10.0]))),
         ("cu_seqlens_int64", TypeError, lambda: a.update(cu=torch.tensor([0, T]))),
@@ -156,27 +169,35 @@ def _rotary_case(torch, rng, fused: bool) -> Case:
         ("rope_seq_lens_int32", TypeError, lambda: a.update(rope_lens=torch.ones(num_seqs, dtype=torch.int32))),
     ]
     if num_seqs >= 1:
-        faults.append(("rope_seq_lens_zero", ValueError,
-                       lambda: a.update(rope_lens=torch.zeros(num_seqs, dtype=torch.long) - rng.randint(0, 5))))
+        faults.append(
+            (
+                "rope_seq_lens_zero",
+                ValueError,
+                lambda: a.update(rope_lens=torch.zeros(num_seqs, dtype=torch.long) - rng.randint(0, 5)),
+            )
+        )
     if rope.scaling_type == "dynamic":
         faults.append(("dynamic_rotary_dim_2", ValueError, lambda: a.update(rotary_dim=2)))
     if k is not None:
         faults += [
-            ("key_dtype", TypeError,
-             lambda: a.update(k=k.to(torch.float16 if dtype != torch.float16 else torch.bfloat16))),
+            (
+                "key_dtype",
+                TypeError,
+                lambda: a.update(k=k.to(torch.float16 if dtype != torch.float16 else torch.bfloat16)),
+            ),
             ("key_tokens", ValueError, lambda: a.update(k=torch.randn(T + 1, Hkv, D).to(dtype))),
             ("zero_kv_heads", ValueError, lambda: a.update(k=k[:, :0])),
             ("kv_heads_not_dividing", ValueError, lambda: a.update(k=torch.randn(T, Hq + 1, D).to(dtype))),
             ("key_on_meta", ValueError, lambda: a.update(k=torch.empty(k.shape, dtype=dtype, device="meta"))),
         ]
     if T >= 1:
+
         def positions_in_query_memory():  # non-negative floats read as int64: valid (huge) positions
             a["q"] = q.abs().contiguous()
             a["positions"] = a["q"].view(-1).view(torch.int8)[: 8 * T].view(torch.int64)
 
         faults += [
-            ("negative_position", ValueError,
-             lambda: positions.__setitem__(rng.randrange(T), -rng.randint(1, 2**62))),
+            ("negative_position", ValueError, lambda: positions.__setitem__(rng.randrange(T), -rng.randint(1, 2**62))),
             ("key_is_query", ValueError, lambda: a.update(k=q)),
             ("positions_in_query_memory", ValueError, positions_in_query_memory),
         ]
@@ -187,19 +208,27 @@ def _rotary_case(torch, rng, fused: bool) -> Case:
             ("positions_strided", ValueError, lambda: a.update(positions=torch.arange(2 * T)[::2])),
             ("query_expanded", ValueError, lambda: a.update(q=q[:1].expand(T, Hq, D))),
         ]
-        faults.append(("cu_seqlens_decreasing", ValueError,
-                       lambda: a.update(cu=torch.tensor([0, T, T - 1, T], dtype=torch.int32))))
+        faults.append(
+            (
+                "cu_seqlens_decreasing",
+                ValueError,
+                lambda: a.update(cu=torch.tensor([0, T, T - 1, T], dtype=torch.int32)),
+            )
+        )
     if fused:
         faults += _cache_faults(torch, rng, caches, k, v, dtype, T, Hkv, D)
         if T >= 1:
+
             def query_in_cache():
                 kc = caches["kc"]
                 buf = torch.zeros(max(kc.numel(), T * Hq * D)).to(dtype)
                 caches["kc"] = buf[: kc.numel()].view(kc.shape)
                 a["q"] = buf[: T * Hq * D].view(T, Hq, D)
 
-            faults += [("value_is_key", ValueError, lambda: a.update(v=k)),
-                       ("query_in_k_cache", ValueError, query_in_cache)]
+            faults += [
+                ("value_is_key", ValueError, lambda: a.update(v=k)),
+                ("query_in_k_cache", ValueError, query_in_cache),
+            ]
     if rng.random() < 0.5:
         name, error, apply = rng.choice(faults)
         apply()
@@ -210,12 +239,33 @@ def _rotary_case(torch, rng, fused: bool) -> Case:
 
     def call():
         if fused:
-            torch.ops.lmx.rotary_embedding_and_cache(a["q"], a["k"], a["v"], caches["kc"], caches["vc"],
-                                                     caches["slots"], a["positions"], a["rotary_dim"], rope.is_neox,
-                                                     a["packed"], a["cu"], a["rope_lens"], precise)
+            torch.ops.lmx.rotary_embedding_and_cache(
+                a["q"],
+                a["k"],
+                a["v"],
+                caches["kc"],
+                caches["vc"],
+                caches["slots"],
+                a["positions"],
+                a["rotary_dim"],
+                rope.is_neox,
+                a["packed"],
+                a["cu"],
+                a["rope_lens"],
+                precise,
+            )
         else:
-            torch.ops.lmx.rotary_embedding(a["q"], a["k"], a["positions"], a["rotary_dim"], rope.is_neox,
-                                           a["packed"], a["cu"], a["rope_lens"], precise)
+            torch.ops.lmx.rotary_embedding(
+                a["q"],
+                a["k"],
+                a["positions"],
+                a["rotary_dim"],
+                rope.is_neox,
+                a["packed"],
+                a["cu"],
+                a["rope_lens"],
+                precise,
+            )
 
     def expected():
         q_ref = a["q"].clone()
@@ -223,8 +273,9 @@ def _rotary_case(torch, rng, fused: bool) -> Case:
         kw = dict(cu_seqlens=a["cu"], rope_seq_lens=a["rope_lens"], precise=precise)
         if fused:
             kc_ref, vc_ref = caches["kc"].clone(), caches["vc"].clone()
-            reference.rotary_embedding_and_cache(q_ref, k_ref, a["v"], kc_ref, vc_ref, caches["slots"],
-                                                 a["positions"], rope, **kw)
+            reference.rotary_embedding_and_cache(
+                q_ref, k_ref, a["v"], kc_ref, vc_ref, caches["slots"], a["positions"], rope, **kw
+            )
             return [q_ref, k_ref, kc_ref, vc_ref]
         reference.rotary_embedding(q_ref, k_ref, a["positions"], rope, **kw)
         return [q_ref, k_ref]
@@ -256,8 +307,15 @@ def _cache_faults(torch, rng, c, key, value, dtype, T, Hkv, D):
     faults = [
         ("slot_mapping_int32", TypeError, lambda: c.update(slots=c["slots"].int())),
         ("slot_mapping_length", ValueError, lambda: c.update(slots=torch.full((T + 1,), -1))),
-        ("cache_not_contiguous", ValueError, lambda: c.update(kc=kc.transpose(0, 1).contiguous().transpose(0, 1))
-         if nb > 1 and bs > 1 else c.update(kc=torch.zeros(nb, bs, Hkv, 2 * D).to(dtype)[..., ::2])),
+        (
+            "cache_not_contiguous",
+            ValueError,
+            lambda: (
+                c.update(kc=kc.transpose(0, 1).contiguous().transpose(0, 1))
+                if nb > 1 and bs > 1
+                else c.update(kc=torch.zeros(nb, bs, Hkv, 2 * D).to(dtype)[..., ::2])
+            ),
+        ),
         ("block_size", ValueError, lambda: c.update(kc=torch.zeros(nb, rng.choice([0, 3, 12, 512]), Hkv, D).to(dtype))),
         ("cache_heads", ValueError, lambda: c.update(kc=torch.zeros(nb, bs, Hkv + 1, D).to(dtype))),
         ("cache_head_dim", ValueError, lambda: c.update(kc=torch.zeros(nb, bs, Hkv, 2 * D).to(dtype))),
@@ -268,20 +326,34 @@ def _cache_faults(torch, rng, c, key, value, dtype, T, Hkv, D):
         ("v_cache_on_meta", ValueError, lambda: c.update(vc=torch.empty(kc.shape, dtype=dtype, device="meta"))),
     ]
     if nb >= 2:
+
         def overlapping():
             buf = torch.zeros(nb + 1, bs, Hkv, D).to(dtype)
             c.update(kc=buf[:nb], vc=buf[1:])
+
         faults.append(("caches_overlap", ValueError, overlapping))
     if T >= 1:
+
         def slot_too_big():
             c["slots"][rng.randrange(T)] = rng.choice([nb * bs, nb * bs + 1, 2**40, INT64_MAX])
+
         def duplicate_slot():
             c["slots"][:] = rng.randrange(nb * bs)
-        faults += [("slot_out_of_range", ValueError, slot_too_big),
-                   ("duplicate_slot", ValueError, duplicate_slot if T >= 2 else slot_too_big)]
+
+        faults += [
+            ("slot_out_of_range", ValueError, slot_too_big),
+            ("duplicate_slot", ValueError, duplicate_slot if T >= 2 else slot_too_big),
+        ]
         if T * Hkv * D <= kc.numel():  # distinct valid slots 0..T-1, stored in the first bytes of k_cache
-            faults.append(("slot_mapping_in_k_cache", ValueError, lambda: c.update(
-                slots=kc.view(-1).view(torch.int8)[: 8 * T].view(torch.int64).copy_(torch.arange(T)))))
+            faults.append(
+                (
+                    "slot_mapping_in_k_cache",
+                    ValueError,
+                    lambda: c.update(
+                        slots=kc.view(-1).view(torch.int8)[: 8 * T].view(torch.int64).copy_(torch.arange(T))
+                    ),
+                )
+            )
     return faults
 
 
@@ -290,8 +362,11 @@ def _reshape_and_cache_case(torch, rng) -> Case:
 
     case = Case("reshape_and_cache")
     dtype = rng.choice([torch.float32, torch.bfloat16, torch.float16])
-    cache_dtype = rng.choice([dtype, torch.float32]) if dtype != torch.float32 else rng.choice(
-        [torch.float32, torch.bfloat16, torch.float16])
+    cache_dtype = (
+        rng.choice([dtype, torch.float32])
+        if dtype != torch.float32
+        else rng.choice([torch.float32, torch.bfloat16, torch.float16])
+    )
     D, Hkv, T = rng.choice(HEAD_DIMS), rng.randint(1, 4), rng.choice([0, 1, 3, 9, 33])
     key = _rand_float_tensor(torch, rng, (T, Hkv, D), dtype)
     value = key if rng.random() < 0.1 else _rand_float_tensor(torch, rng, (T, Hkv, D), dtype)  # both read: allowed
@@ -348,10 +423,17 @@ def _attention_case(torch, rng) -> Case:
     if B and rng.random() < 0.15:  # one long decode: the key range is split and merged
         seq_lens[0], query_lens[0] = rng.randint(600, 1500), 1
     if B:
-        q, kc, vc, bt, sl, cu = make_paged_batch(seq_lens, query_lens, Hq, Hkv, D, bs, dtype,
-                                                 extra_blocks=rng.randint(0, 2),
-                                                 max_blocks=max(1, *(-(-n // bs) for n in seq_lens)) +
-                                                 rng.randint(0, 2))
+        q, kc, vc, bt, sl, cu = make_paged_batch(
+            seq_lens,
+            query_lens,
+            Hq,
+            Hkv,
+            D,
+            bs,
+            dtype,
+            extra_blocks=rng.randint(0, 2),
+            max_blocks=max(1, *(-(-n // bs) for n in seq_lens)) + rng.randint(0, 2),
+        )
     else:
         q, kc = torch.randn(0, Hq, D).to(dtype), torch.full((2, bs, Hkv, D), float("nan")).to(dtype)
         vc, bt = kc.clone(), torch.zeros(0, rng.randint(0, 2), dtype=torch.int32)
@@ -364,29 +446,47 @@ def _attention_case(torch, rng) -> Case:
     out = _rand_float_tensor(torch, rng, (T, Hq, D), dtype)
     window = -1 if rng.random() < 0.6 else rng.randint(1, 50)
     slopes = torch.rand(Hq) * 0.5 if rng.random() < 0.3 else None
-    a = dict(out=out, q=q, kc=kc, vc=vc, bt=bt, sl=sl, cu=cu, scale=rng.uniform(0.05, 0.3), slopes=slopes,
-             window=window)
+    a = dict(
+        out=out, q=q, kc=kc, vc=vc, bt=bt, sl=sl, cu=cu, scale=rng.uniform(0.05, 0.3), slopes=slopes, window=window
+    )
     other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
     nb = kc.shape[0]
     faults = [
         ("zero_q_heads", ValueError, lambda: a.update(q=q[:, :0], out=out[:, :0])),
         ("zero_kv_heads", ValueError, lambda: a.update(kc=kc[:, :, :0], vc=vc[:, :, :0])),
-        ("kv_heads_not_dividing", ValueError, lambda: a.update(kc=torch.zeros(nb, bs, Hq + 1, D).to(dtype),
-                                                                vc=torch.zeros(nb, bs, Hq + 1, D).to(dtype))),
+        (
+            "kv_heads_not_dividing",
+            ValueError,
+            lambda: a.update(kc=torch.zeros(nb, bs, Hq + 1, D).to(dtype), vc=torch.zeros(nb, bs, Hq + 1, D).to(dtype)),
+        ),
         ("cache_head_dim", ValueError, lambda: a.update(kc=torch.zeros(nb, bs, Hkv, 2 * D).to(dtype))),
         ("bad_head_dim", ValueError, lambda: a.update(q=torch.randn(T, Hq, rng.choice(BAD_HEAD_DIMS)).to(dtype))),
         ("query_float64", TypeError, lambda: a.update(q=q.double(), out=out.double())),
         ("out_dtype", TypeError, lambda: a.update(out=out.to(other))),
         ("out_shape", ValueError, lambda: a.update(out=torch.zeros(T + 1, Hq, D).to(dtype))),
         ("cache_dtype", TypeError, lambda: a.update(kc=kc.to(other), vc=vc.to(other))),
-        ("cache_not_contiguous", ValueError, lambda: a.update(vc=torch.zeros(nb + 1, bs, Hkv, 2 * D).to(dtype)[
-            :nb, :, :, ::2])),
-        ("block_size", ValueError, lambda: a.update(kc=torch.zeros(nb, 12, Hkv, D).to(dtype),
-                                                    vc=torch.zeros(nb, 12, Hkv, D).to(dtype))),
+        (
+            "cache_not_contiguous",
+            ValueError,
+            lambda: a.update(vc=torch.zeros(nb + 1, bs, Hkv, 2 * D).to(dtype)[:nb, :, :, ::2]),
+        ),
+        (
+            "block_size",
+            ValueError,
+            lambda: a.update(kc=torch.zeros(nb, 12, Hkv, D).to(dtype), vc=torch.zeros(nb, 12, Hkv, D).to(dtype)),
+        ),
         ("block_tables_int64", TypeError, lambda: a.update(bt=bt.long())),
-        ("block_tables_not_contiguous", ValueError, lambda: a.update(bt=torch.zeros(bt.shape[1], B,
-                                                                                   dtype=torch.int32).t())
-         if B >= 2 and bt.shape[1] >= 2 else a.update(bt=bt.view(-1)) if bt.numel() else a.update(bt=bt[None])),
+        (
+            "block_tables_not_contiguous",
+            ValueError,
+            lambda: (
+                a.update(bt=torch.zeros(bt.shape[1], B, dtype=torch.int32).t())
+                if B >= 2 and bt.shape[1] >= 2
+                else a.update(bt=bt.view(-1))
+                if bt.numel()
+                else a.update(bt=bt[None])
+            ),
+        ),
         ("seq_lens_int64", TypeError, lambda: a.update(sl=sl.long())),
         ("seq_lens_length", ValueError, lambda: a.update(sl=torch.zeros(B + 1, dtype=torch.int32))),
         ("cu_seqlens_length", ValueError, lambda: a.update(cu=torch.zeros(B + 2, dtype=torch.int32))),
@@ -395,16 +495,22 @@ def _attention_case(torch, rng) -> Case:
         ("sliding_window", ValueError, lambda: a.update(window=rng.choice([0, -2, -(2**63)]))),
         ("alibi_shape", ValueError, lambda: a.update(slopes=torch.rand(Hq + 1))),
         ("alibi_dtype", TypeError, lambda: a.update(slopes=torch.rand(Hq, dtype=torch.float64))),
-        ("alibi_not_finite", ValueError, lambda: a.update(slopes=torch.full((Hq,), rng.choice([float("nan"),
-                                                                                              float("inf")])))),
+        (
+            "alibi_not_finite",
+            ValueError,
+            lambda: a.update(slopes=torch.full((Hq,), rng.choice([float("nan"), float("inf")]))),
+        ),
         ("k_cache_on_meta", ValueError, lambda: a.update(kc=torch.empty(kc.shape, dtype=dtype, device="meta"))),
     ]
     with_queries = [b for b in range(B) if query_lens[b] > 0]
     if B:
+
         def negative_len():
             sl[rng.randrange(B)] = -rng.randint(1, INT32_MAX)
+
         def too_long():
             sl[rng.randrange(B)] = rng.choice([bt.shape[1] * bs + 1, INT32_MAX])
+
         faults += [("seq_len_negative", ValueError, negative_len), ("seq_len_over_capacity", ValueError, too_long)]
     if with_queries:
         b = rng.choice(with_queries)
@@ -412,13 +518,18 @@ def _attention_case(torch, rng) -> Case:
 
         def bad_block():
             bt[b, rng.randrange(used)] = rng.choice([-1, nb, nb + 5, -(2**31), INT32_MAX])
+
         def fewer_than_queries():
             sl[b] = query_lens[b] - 1
-        faults += [("block_id_out_of_range", ValueError, bad_block),
-                   ("seq_len_below_queries", ValueError, fewer_than_queries)]
+
+        faults += [
+            ("block_id_out_of_range", ValueError, bad_block),
+            ("seq_len_below_queries", ValueError, fewer_than_queries),
+        ]
     if kc.numel():
         faults.append(("v_cache_is_k_cache", ValueError, lambda: a.update(vc=kc)))
     if T >= 1:
+
         def out_in_k_cache():
             buf = torch.zeros(max(T * Hq, nb * bs * Hkv), D).to(dtype)
             a.update(kc=buf[: nb * bs * Hkv].view(nb, bs, Hkv, D), out=buf[: T * Hq].view(T, Hq, D))
@@ -439,12 +550,24 @@ def _attention_case(torch, rng) -> Case:
             bt[b, used:] = torch.randint(-(2**31), 2**31 - 1, (bt.shape[1] - used,), dtype=torch.int32)
 
     def call():
-        torch.ops.lmx.paged_attention(a["out"], a["q"], a["kc"], a["vc"], a["bt"], a["sl"], a["cu"], a["scale"],
-                                      a["slopes"], a["window"])
+        torch.ops.lmx.paged_attention(
+            a["out"], a["q"], a["kc"], a["vc"], a["bt"], a["sl"], a["cu"], a["scale"], a["slopes"], a["window"]
+        )
 
     def expected():
-        return [reference.paged_attention(a["q"], a["kc"], a["vc"], a["bt"], a["sl"], a["cu"], a["scale"],
-                                          alibi_slopes=a["slopes"], sliding_window=a["window"]).to(dtype)]
+        return [
+            reference.paged_attention(
+                a["q"],
+                a["kc"],
+                a["vc"],
+                a["bt"],
+                a["sl"],
+                a["cu"],
+                a["scale"],
+                alibi_slopes=a["slopes"],
+                sliding_window=a["window"],
+            ).to(dtype)
+        ]
 
     case.call, case.expected, case.outputs = call, expected, lambda: [a["out"]]
     case.dtype = dtype
@@ -469,8 +592,12 @@ def main(num_cases: int) -> int:
 
     rng = random.Random(SEED)
     torch.manual_seed(SEED)
-    makers = [lambda: _rotary_case(torch, rng, fused=False), lambda: _rotary_case(torch, rng, fused=True),
-              lambda: _reshape_and_cache_case(torch, rng), lambda: _attention_case(torch, rng)]
+    makers = [
+        lambda: _rotary_case(torch, rng, fused=False),
+        lambda: _rotary_case(torch, rng, fused=True),
+        lambda: _reshape_and_cache_case(torch, rng),
+        lambda: _attention_case(torch, rng),
+    ]
     ok = dict.fromkeys(OPS, 0)
     rejected = dict.fromkeys(OPS, 0)
     failures = []
@@ -487,8 +614,10 @@ def main(num_cases: int) -> int:
             elif case.fault is None:
                 failures.append(f"case {i} ({case.op}): valid input rejected: {msg}")
             elif not isinstance(e, case.error):
-                failures.append(f"case {i} ({case.op}, fault={case.fault}): {type(e).__name__}, expected "
-                                f"{case.error.__name__}: {msg}")
+                failures.append(
+                    f"case {i} ({case.op}, fault={case.fault}): {type(e).__name__}, expected "
+                    f"{case.error.__name__}: {msg}"
+                )
             else:
                 rejected[case.op] += 1
             continue

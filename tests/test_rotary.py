@@ -22,14 +22,23 @@ MAX_POS = 256
 
 
 def _rope(head_dim, scaling, **kw):
-    return RopeConfig(rotary_dim=kw.pop("rotary_dim", head_dim), base=kw.pop("base", 10000.0), scaling_type=scaling,
-                      max_position_embeddings=MAX_POS, **SCALINGS[scaling], **kw)
+    return RopeConfig(
+        rotary_dim=kw.pop("rotary_dim", head_dim),
+        base=kw.pop("base", 10000.0),
+        scaling_type=scaling,
+        max_position_embeddings=MAX_POS,
+        **SCALINGS[scaling],
+        **kw,
+    )
 
 
 def _tol(dtype):
     """One ulp of the dtype (both sides round the fp32 rotation once; they may land on adjacent values)."""
-    return {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-            torch.float16: dict(atol=2e-3, rtol=2e-3)}[dtype]
+    return {
+        torch.float32: dict(atol=1e-5, rtol=1e-5),
+        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+        torch.float16: dict(atol=2e-3, rtol=2e-3),
+    }[dtype]
 
 
 def _check(rope, q, k, positions, **kwargs):
@@ -144,8 +153,13 @@ HF_PARAMS = {
     "linear": {"rope_type": "linear", "factor": 4.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": MAX_POS},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": MAX_POS,
-               "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "original_max_position_embeddings": MAX_POS,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+    },
 }
 
 
@@ -153,12 +167,17 @@ def _hf_rotary(scaling, head_dim=64, theta=10000.0, legacy=False):
     transformers = pytest.importorskip("transformers")
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    kwargs = dict(hidden_size=head_dim * 4, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=MAX_POS, head_dim=head_dim)
+    kwargs = dict(
+        hidden_size=head_dim * 4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_POS,
+        head_dim=head_dim,
+    )
     params = dict(HF_PARAMS[scaling], rope_theta=theta)
     config = transformers.LlamaConfig(**kwargs, rope_parameters=params)
     # lmx reads both spellings; `legacy` feeds it the old rope_theta + rope_scaling dict.
-    lmx_config = (dict(kwargs, rope_theta=theta, rope_scaling=HF_PARAMS[scaling]) if legacy else config)
+    lmx_config = dict(kwargs, rope_theta=theta, rope_scaling=HF_PARAMS[scaling]) if legacy else config
     return LlamaRotaryEmbedding(config), RopeConfig.from_hf_config(lmx_config)
 
 
@@ -181,7 +200,7 @@ def test_matches_transformers(scaling, length_factor, legacy):
     torch.testing.assert_close(reference.inv_freq(rope, L), hf.inv_freq, rtol=2.5e-7, atol=0)
     ops.rotary_embedding(q, k, position_ids[0], rope)
     # An inv_freq 1 ulp apart moves the angle by at most pos * 2^-23 rad.
-    atol = 1e-5 + 2.0 ** -22 * L * 4.0
+    atol = 1e-5 + 2.0**-22 * L * 4.0
     torch.testing.assert_close(q, q_hf, atol=atol, rtol=1e-5)
     torch.testing.assert_close(k, k_hf, atol=atol, rtol=1e-5)
 
@@ -199,7 +218,7 @@ def test_dynamic_decode_matches_transformers_step_by_step():
         q_hf, _ = apply_rotary_pos_emb(x.transpose(0, 1)[None], x.transpose(0, 1)[None], cos, sin)
         q = x.clone()
         ops.rotary_embedding(q, None, torch.tensor([p]), rope, rope_seq_lens=torch.tensor([p + 1]))
-        torch.testing.assert_close(q, q_hf[0].transpose(0, 1), atol=1e-5 + 2.0 ** -22 * p * 4, rtol=1e-5)
+        torch.testing.assert_close(q, q_hf[0].transpose(0, 1), atol=1e-5 + 2.0**-22 * p * 4, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -108,7 +108,9 @@ class BlockManager:
         """
         needed = self.num_new_blocks(seq_id, num_tokens)
         if needed > self.num_free_blocks:
-            raise RuntimeError(f"BlockManager.grow: seq {seq_id} needs {needed} blocks, {self.num_free_blocks} are free")
+            raise RuntimeError(
+                f"BlockManager.grow: seq {seq_id} needs {needed} blocks, {self.num_free_blocks} are free"
+            )
         table = self._tables.setdefault(seq_id, [])
         for _ in range(needed):
             block = self._take()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Iterator, Sequence as Seq
+from collections.abc import Iterator
+from collections.abc import Sequence as Seq
 
 import torch
 
@@ -36,10 +37,7 @@ class LLMEngine:
         self.model = self._load_model()
         self.model_config = self.model.cfg
         rope = self.model_config.rope
-        default_len = self.model_config.max_position_embeddings
-        if rope.scaling_type == "dynamic":
-            default_len = int(default_len * rope.factor)
-        self.session_len = config.session_len or default_len
+        self.session_len = config.session_len or rope.context_len
         num_blocks = config.num_blocks or self._default_num_blocks()
         self.block_manager = BlockManager(
             num_blocks, config.block_size, rope=rope, enable_prefix_caching=config.enable_prefix_caching
@@ -282,7 +280,9 @@ def _resolve_dtype(name: str, checkpoint_dtype: torch.dtype | None, device: torc
         # project's AVX2 machines): on such a CPU `auto` means float32, whatever the checkpoint holds.
         dtype = torch.float32
     else:
-        dtype = checkpoint_dtype if checkpoint_dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.bfloat16
+        dtype = (
+            checkpoint_dtype if checkpoint_dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.bfloat16
+        )
     if device.type == "cpu" and dtype == torch.float16:
         if name == "float16":
             raise ValueError("dtype: the CPU kernels run float32 or bfloat16, got 'float16'")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterator, Sequence as Seq
+from collections.abc import Iterator
+from collections.abc import Sequence as Seq
+from typing import Any
 
 from .config import EngineConfig, GenerationConfig
 from .detokenizer import Detokenizer

@@ -11,7 +11,7 @@ parameter of the stage that failed); every other row is sampled exactly as it wo
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

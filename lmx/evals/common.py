@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import os
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from lmx.cli import RopeSetting, parse_rope_setting, rope_settings
 

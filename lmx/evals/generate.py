@@ -20,10 +20,13 @@ def _add_sampling_options(parser: argparse.ArgumentParser, *, max_new_tokens: in
         "--max-new-tokens", type=options.positive_int, default=max_new_tokens, help="most tokens to generate"
     )
     group.add_argument("--temperature", type=options.non_negative_float, default=0.0, help="0 = greedy, > 0 samples")
-    group.add_argument("--top-p", type=options.positive_float, default=1.0,
-                       help="nucleus sampling mass when sampling (1.0 = off)")
+    group.add_argument(
+        "--top-p", type=options.positive_float, default=1.0, help="nucleus sampling mass when sampling (1.0 = off)"
+    )
     group.add_argument("--top-k", type=options.non_negative_int, default=0, help="top-k cut when sampling (0 = off)")
-    group.add_argument("--repetition-penalty", type=options.positive_float, default=1.0, help="1.0 = off (seed 002 suggests 1.02)")
+    group.add_argument(
+        "--repetition-penalty", type=options.positive_float, default=1.0, help="1.0 = off (seed 002 suggests 1.02)"
+    )
     group.add_argument("--stop", nargs="+", default=None, metavar="TEXT", help="stop words")
     group.add_argument("--seed", type=options.non_negative_int, default=0, help="sampling seed")
 

@@ -14,8 +14,16 @@ from typing import Any
 
 from . import options, plots, report
 from .common import (
-    PipelineFactory, RopeSetting, check_lengths, data_path, each_setting, encode, generate_batch, prompt_ids,
-    read_text, trained_length,
+    PipelineFactory,
+    RopeSetting,
+    check_lengths,
+    data_path,
+    each_setting,
+    encode,
+    generate_batch,
+    prompt_ids,
+    read_text,
+    trained_length,
 )  # fmt: skip
 
 DEFAULT_NEEDLE = "The secret code of the vault is 7392815."
@@ -84,7 +92,9 @@ def check_template(template: str) -> None:
     try:
         template.format(context="", question="")
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"--prompt-template: expected only the fields {{context}} and {{question}}, got error {e}")
+        raise ValueError(
+            f"--prompt-template: expected only the fields {{context}} and {{question}}, got error {e}"
+        ) from None
     if "{context}" not in template:
         raise ValueError(f"--prompt-template: expected a {{context}} field, got {template!r}")
 
@@ -205,11 +215,20 @@ def register(subparsers: Any) -> None:
         help="context lengths in tokens (4k = 4096)",
     )  # fmt: skip
     parser.add_argument(
-        "--depths", type=options.non_negative_float, nargs="+", default=DEFAULT_DEPTHS, metavar="PCT", help="needle depths in percent"
+        "--depths",
+        type=options.non_negative_float,
+        nargs="+",
+        default=DEFAULT_DEPTHS,
+        metavar="PCT",
+        help="needle depths in percent",
     )
-    parser.add_argument("--haystack", metavar="FILE", default=None, help="a UTF-8 text file (default: the noise sentences)")
+    parser.add_argument(
+        "--haystack", metavar="FILE", default=None, help="a UTF-8 text file (default: the noise sentences)"
+    )
     parser.add_argument("--needle", default=DEFAULT_NEEDLE, help="the sentence hidden in the haystack")
-    parser.add_argument("--question", default=DEFAULT_QUESTION, help="asked after the haystack (may end with an answer prefix)")
+    parser.add_argument(
+        "--question", default=DEFAULT_QUESTION, help="asked after the haystack (may end with an answer prefix)"
+    )
     parser.add_argument("--answer", default=DEFAULT_ANSWER, help="the expected answer (for the graded score)")
     parser.add_argument("--keywords", nargs="+", default=None, help="words that must all appear (default: the answer)")
     parser.add_argument("--prompt-template", default=DEFAULT_TEMPLATE, help="with {context} and {question}")

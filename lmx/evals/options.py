@@ -10,8 +10,15 @@ import argparse
 from typing import Any
 
 from lmx.cli import (  # noqa: F401 - the option types, re-exported for the evaluation modules
-    HelpFormatter, add_engine_args, engine_config_from_args, non_negative_float, non_negative_int, parse_length,
-    parse_size, positive_float, positive_int,
+    HelpFormatter,
+    add_engine_args,
+    engine_config_from_args,
+    non_negative_float,
+    non_negative_int,
+    parse_length,
+    parse_size,
+    positive_float,
+    positive_int,
 )  # fmt: skip
 
 from .common import DEFAULT_MODEL, PipelineFactory, RopeSetting, engine_factory, rope_settings
@@ -44,7 +51,9 @@ def add_rope_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed: the same seed gives the same run")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed: the same seed gives the same run"
+    )
     parser.add_argument("--output", metavar="DIR", default=None, help="write JSON (and PNG) results to DIR")
 
 

@@ -19,7 +19,14 @@ import numpy as np
 
 from . import options, plots, report
 from .common import (
-    PipelineFactory, RopeSetting, check_lengths, each_setting, encode, generate_batch, prompt_ids, trained_length,
+    PipelineFactory,
+    RopeSetting,
+    check_lengths,
+    each_setting,
+    encode,
+    generate_batch,
+    prompt_ids,
+    trained_length,
 )  # fmt: skip
 
 # Seed 000, verbatim.

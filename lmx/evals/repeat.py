@@ -140,11 +140,19 @@ def register(subparsers: Any) -> None:
         epilog="example: lmx repeat --docs docs/ --n 20 --output out/",
         formatter_class=options.HelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--docs", nargs="+", required=True, metavar="PATH", help="text files or directories of .txt/.md")
-    parser.add_argument("--n", type=options.positive_int, default=None, help="words to return (default: random in [1, --max-n))")
-    parser.add_argument("--max-n", type=options.positive_int, default=100, help="n is drawn from [1, MAX_N) as in the seed")
+    parser.add_argument(
+        "--docs", nargs="+", required=True, metavar="PATH", help="text files or directories of .txt/.md"
+    )
+    parser.add_argument(
+        "--n", type=options.positive_int, default=None, help="words to return (default: random in [1, --max-n))"
+    )
+    parser.add_argument(
+        "--max-n", type=options.positive_int, default=100, help="n is drawn from [1, MAX_N) as in the seed"
+    )
     parser.add_argument("--max-new-tokens", type=options.positive_int, default=None, help="default: 2n + 32")
-    parser.add_argument("--temperature", type=options.non_negative_float, default=0.0, help="0 = greedy (the seed samples at 1.0)")
+    parser.add_argument(
+        "--temperature", type=options.non_negative_float, default=0.0, help="0 = greedy (the seed samples at 1.0)"
+    )
     parser.add_argument(
         "--chat-template", action=argparse.BooleanOptionalAction, default=True,
         help="send the seed's system + user messages through the model's chat template",

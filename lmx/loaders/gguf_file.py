@@ -6,8 +6,9 @@ pairs, Hugging Face rotates halves); ``_unpermute`` reverses that so the weights
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,9 @@ class GGUFCheckpoint:
             raise ValueError(f"model: cannot read {path} as GGUF ({type(e).__name__}: {e})") from None
         arch = self.field("general.architecture")
         if arch not in ARCHITECTURES:
-            raise ValueError(f"model: unsupported GGUF architecture {arch!r} in {path}; lmx reads {sorted(ARCHITECTURES)}")
+            raise ValueError(
+                f"model: unsupported GGUF architecture {arch!r} in {path}; lmx reads {sorted(ARCHITECTURES)}"
+            )
         self.arch = arch
         self.hf_arch, self.permuted = ARCHITECTURES[arch]
         self.config = self._config()
@@ -87,7 +90,10 @@ class GGUFCheckpoint:
         }
         scaling = self.field(f"{a}.rope.scaling.type")
         if scaling and scaling != "none":
-            config["rope_scaling"] = {"rope_type": scaling, "factor": float(self.field(f"{a}.rope.scaling.factor", 1.0))}
+            config["rope_scaling"] = {
+                "rope_type": scaling,
+                "factor": float(self.field(f"{a}.rope.scaling.factor", 1.0)),
+            }
         return config
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -101,7 +107,9 @@ class GGUFCheckpoint:
             try:
                 data = gguf.quants.dequantize(t.data, t.tensor_type)
             except Exception as e:
-                raise ValueError(f"weights: cannot dequantise {t.name!r} ({t.tensor_type.name}) of {self.path}: {e}") from None
+                raise ValueError(
+                    f"weights: cannot dequantise {t.name!r} ({t.tensor_type.name}) of {self.path}: {e}"
+                ) from None
             array = np.asarray(data, dtype=np.float32).reshape(tuple(int(d) for d in reversed(t.shape)))
             if not array.flags.writeable:  # unquantised tensors come back as views of the read-only memmap
                 array = array.copy()

@@ -11,7 +11,7 @@ import argparse
 import os
 import socket
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from lmx.cli import HelpFormatter, add_engine_args, engine_config_from_args, parse_size, positive_float, positive_int
 
@@ -32,12 +32,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help=f"a Hugging Face directory, a .gguf file or '{DEFAULT_MODEL}' (the embedded SmolLM2, "
                         "default)")  # fmt: skip
     parser.add_argument("--model-name", default=None, help="the name clients send as 'model' (default: MODEL's name)")
-    add_engine_args(parser, defaults={"max_queued_requests": 256}, helps={
-        "max_queued_requests": "most requests waiting for a place in the batch; more get 503 with Retry-After"})
+    add_engine_args(
+        parser,
+        defaults={"max_queued_requests": 256},
+        helps={"max_queued_requests": "most requests waiting for a place in the batch; more get 503 with Retry-After"},
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", "--server-port", type=_port, default=23333, help="port (default 23333)")
-    parser.add_argument("--api-key", default=os.environ.get("LMX_API_KEY"),
-                        help="require 'Authorization: Bearer KEY' (default: $LMX_API_KEY, else no key)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LMX_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $LMX_API_KEY, else no key)",
+    )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     security = parser.add_argument_group("who may call the server")
     security.add_argument("--allowed-hosts", nargs="+", default=[], metavar="NAME",
@@ -49,19 +55,40 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                           "headers for them; by default only the server's own page may, and no CORS headers are "
                           "sent")  # fmt: skip
     limits = parser.add_argument_group("limits (each refused request gets an OpenAI-style error)")
-    limits.add_argument("--max-body-bytes", type=parse_size, default=32 * MiB, metavar="SIZE",
-                        help="largest JSON request body (413; default 32M)")
-    limits.add_argument("--max-upload-bytes", type=parse_size, default=64 * MiB, metavar="SIZE",
-                        help="largest document upload (413; default 64M)")
+    limits.add_argument(
+        "--max-body-bytes",
+        type=parse_size,
+        default=32 * MiB,
+        metavar="SIZE",
+        help="largest JSON request body (413; default 32M)",
+    )
+    limits.add_argument(
+        "--max-upload-bytes",
+        type=parse_size,
+        default=64 * MiB,
+        metavar="SIZE",
+        help="largest document upload (413; default 64M)",
+    )
     limits.add_argument("--max-prompt-chars", type=positive_int, default=None, metavar="N",
                         help=f"most characters in one prompt, chat or document, checked before tokenizing (413; "
                         f"default: {CHARS_PER_TOKEN} x the session length)")  # fmt: skip
-    limits.add_argument("--max-prompts-per-request", type=positive_int, default=64, metavar="N",
-                        help="most prompts in one /v1/completions or /get_ppl request (413)")
-    limits.add_argument("--max-pdf-pages", type=positive_int, default=1000, metavar="N",
-                        help="most pages of an uploaded PDF (413)")
-    limits.add_argument("--pdf-timeout", type=positive_float, default=60.0, metavar="SECONDS",
-                        help="longest text extraction of one uploaded PDF (413)")
+    limits.add_argument(
+        "--max-prompts-per-request",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="most prompts in one /v1/completions or /get_ppl request (413)",
+    )
+    limits.add_argument(
+        "--max-pdf-pages", type=positive_int, default=1000, metavar="N", help="most pages of an uploaded PDF (413)"
+    )
+    limits.add_argument(
+        "--pdf-timeout",
+        type=positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest text extraction of one uploaded PDF (413)",
+    )
     return parser
 
 

@@ -12,7 +12,8 @@ import io
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -69,7 +70,7 @@ def _pdf_text(filename: str, data: bytes, max_pages: int | None, timeout: float 
         if (deadline is not None and time.monotonic() > deadline) or (cancel is not None and cancel.is_set()):
             raise DocumentTooLarge(f"file: extracting the text of {filename!r} took longer than {timeout:g} s "
                                    f"(--pdf-timeout; stopped at page {i + 1} of {num_pages})")  # fmt: skip
-        pages.append(read(lambda: reader.pages[i].extract_text()) or "")
+        pages.append(read(lambda i=i: reader.pages[i].extract_text()) or "")
     return "\n\n".join(p.strip() for p in pages if p.strip())
 
 
@@ -168,4 +169,3 @@ def _form_int(form, name: str, default: int) -> int:
     if number < 0:
         raise APIError(400, f"{name}: expected an integer >= 0, got {number}", name)
     return number
-

@@ -18,7 +18,8 @@ import dataclasses
 import logging
 import queue
 import threading
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from lmx.engine import EngineBusyError, Response, as_request_error
 

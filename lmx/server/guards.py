@@ -18,7 +18,7 @@ import dataclasses
 import hmac
 import ipaddress
 import json
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 MiB = 1024 * 1024

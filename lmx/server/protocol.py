@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmx.engine import (
-    LOGPROBS_MAX, MAX_NEW_TOKENS_MAX, REPETITION_PENALTY_RANGE, SEED_RANGE, TOP_K_MAX,
+    LOGPROBS_MAX,
+    MAX_NEW_TOKENS_MAX,
+    REPETITION_PENALTY_RANGE,
+    SEED_RANGE,
+    TOP_K_MAX,
 )  # fmt: skip
 
 from .errors import APIError
@@ -41,7 +45,7 @@ class _Sampling(_Strict):
     top_k: int = Field(0, ge=-1, le=TOP_K_MAX)  # vLLM's extra; 0 or -1: no top-k cut
     # vLLM's / LMDeploy's extra; 1 = off
     repetition_penalty: float = Field(1.0, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])  # unsigned 64 bits
     stream: bool = False
@@ -54,7 +58,7 @@ class _Sampling(_Strict):
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0)
 
 
-Prompt = Union[str, list[str], list[int], list[list[int]]]
+Prompt = str | list[str] | list[int] | list[list[int]]
 
 
 class CompletionRequest(_Sampling):
@@ -73,7 +77,7 @@ class TextPart(_Strict):
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Union[str, list[TextPart]]
+    content: str | list[TextPart]
     name: str | None = None
 
     def text(self) -> str:
@@ -91,8 +95,8 @@ class ChatCompletionRequest(_Sampling):
 class PplRequest(_Strict):
     """LMDeploy's ``get_ppl``: one input or a batch, as token ids or text."""
 
-    input_ids: Union[list[int], list[list[int]], None] = None
-    prompt: Union[str, list[str], None] = None
+    input_ids: list[int] | list[list[int]] | None = None
+    prompt: str | list[str] | None = None
     model: str | None = None
 
 
@@ -166,4 +170,3 @@ def _param(loc) -> str | None:
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
             type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
-

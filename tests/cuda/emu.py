@@ -60,16 +60,41 @@ def schedule(name: str, seed: int = 0):
 
 def rotary_embedding(query, key, positions, rope, *, cu_seqlens=None, rope_seq_lens=None, precise=False):
     module()
-    torch.ops.lmx_emu.rotary_embedding(query, key, positions, rope.rotary_dim, rope.is_neox, rope.packed, cu_seqlens,
-                                       rope_seq_lens, precise)
+    torch.ops.lmx_emu.rotary_embedding(
+        query, key, positions, rope.rotary_dim, rope.is_neox, rope.packed, cu_seqlens, rope_seq_lens, precise
+    )
 
 
-def rotary_embedding_and_cache(query, key, value, k_cache, v_cache, slot_mapping, positions, rope, *, cu_seqlens=None,
-                               rope_seq_lens=None, precise=False):
+def rotary_embedding_and_cache(
+    query,
+    key,
+    value,
+    k_cache,
+    v_cache,
+    slot_mapping,
+    positions,
+    rope,
+    *,
+    cu_seqlens=None,
+    rope_seq_lens=None,
+    precise=False,
+):
     module()
-    torch.ops.lmx_emu.rotary_embedding_and_cache(query, key, value, k_cache, v_cache, slot_mapping, positions,
-                                                 rope.rotary_dim, rope.is_neox, rope.packed, cu_seqlens,
-                                                 rope_seq_lens, precise)
+    torch.ops.lmx_emu.rotary_embedding_and_cache(
+        query,
+        key,
+        value,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        positions,
+        rope.rotary_dim,
+        rope.is_neox,
+        rope.packed,
+        cu_seqlens,
+        rope_seq_lens,
+        precise,
+    )
 
 
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
@@ -77,13 +102,38 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
     torch.ops.lmx_emu.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
 
 
-def paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, *, alibi_slopes=None,
-                    sliding_window=-1, out=None, kernel="auto", partition_size=0):
+def paged_attention(
+    query,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    cu_seqlens_q,
+    scale,
+    *,
+    alibi_slopes=None,
+    sliding_window=-1,
+    out=None,
+    kernel="auto",
+    partition_size=0,
+):
     module()
     if out is None:
         out = query.new_empty(query.shape)
-    torch.ops.lmx_emu.paged_attention(out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, float(scale),
-                                      alibi_slopes, int(sliding_window), kernel, int(partition_size))
+    torch.ops.lmx_emu.paged_attention(
+        out,
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        cu_seqlens_q,
+        float(scale),
+        alibi_slopes,
+        int(sliding_window),
+        kernel,
+        int(partition_size),
+    )
     return out
 
 
@@ -126,6 +176,7 @@ def case_id(*values) -> str:
         if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str):  # a schedule
             return f"{v[0]}-{v[1]}" if v[1] else v[0]
         return str(v)
+
     return "-".join(one(v) for v in values)
 
 

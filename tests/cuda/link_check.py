@@ -36,7 +36,9 @@ else:
         torch.zeros(1, device="cuda")
     except (RuntimeError, AssertionError) as e:
         msg = str(e).strip().splitlines()[0]
-        print(f"cuda-link: _C imported (torch {torch.__version__}, build_info {info}); no GPU here, a CUDA tensor "
-              f"raises: {msg}")
+        print(
+            f"cuda-link: _C imported (torch {torch.__version__}, build_info {info}); no GPU here, a CUDA tensor "
+            f"raises: {msg}"
+        )
     else:
         raise SystemExit("cuda-link: torch.cuda.is_available() is False but a CUDA tensor could be created")

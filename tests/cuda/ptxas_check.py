@@ -33,8 +33,22 @@ def check(nvcc: str, archs: list[str], src: Path, include: Path) -> tuple[bool, 
     for a in archs:
         sm = a.replace(".", "")
         gencode += ["-gencode", f"arch=compute_{sm},code=sm_{sm}"]
-    cmd = [nvcc, "-std=c++20", "-O3", "-Xptxas", "-v", "--threads=2", *gencode, *EXTRA_FLAGS.get(src.name, []),
-           "-I", str(include), "-c", str(src), "-o", "/dev/null"]
+    cmd = [
+        nvcc,
+        "-std=c++20",
+        "-O3",
+        "-Xptxas",
+        "-v",
+        "--threads=2",
+        *gencode,
+        *EXTRA_FLAGS.get(src.name, []),
+        "-I",
+        str(include),
+        "-c",
+        str(src),
+        "-o",
+        "/dev/null",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
@@ -57,8 +71,10 @@ def check(nvcc: str, archs: list[str], src: Path, include: Path) -> tuple[bool, 
         elif current and (m := REGS.search(line)):
             worst["regs"] = max(worst["regs"], int(m.group(1)))
     entries = {name for name, _ in kernels}
-    line = (f"{src.name}: {len(entries)} kernels x {len(archs)} archs ({', '.join(archs)}), max {worst['regs']} "
-            f"registers, max spill {worst['spill']} B (budget {budget} B), max stack {worst['stack']} B, {dt:.1f} s")
+    line = (
+        f"{src.name}: {len(entries)} kernels x {len(archs)} archs ({', '.join(archs)}), max {worst['regs']} "
+        f"registers, max spill {worst['spill']} B (budget {budget} B), max stack {worst['stack']} B, {dt:.1f} s"
+    )
     if not kernels:
         return False, f"{src.name}: ptxas reported no kernels\n{proc.stderr[-2000:]}"
     if over:

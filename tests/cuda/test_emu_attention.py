@@ -34,16 +34,34 @@ def _module():
 
 def _check(query, k_cache, v_cache, block_tables, seq_lens, cu, kernel="auto", partition_size=0, **kwargs):
     scale = query.shape[-1] ** -0.5
-    out = emu.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, kernel=kernel,
-                              partition_size=partition_size, **kwargs)
+    out = emu.paged_attention(
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        cu,
+        scale,
+        kernel=kernel,
+        partition_size=partition_size,
+        **kwargs,
+    )
     assert out.dtype == query.dtype and out.shape == query.shape
     ran = emu.module().last_attention_kernel()
     if kernel in ("decode", "prefill-simt", "prefill-wmma"):
         assert ran == kernel
     exact = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
-    same_dtype = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale,
-                                           compute_dtype=torch.float32 if query.dtype == torch.float32 else query.dtype,
-                                           **kwargs)
+    same_dtype = reference.paged_attention(
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        cu,
+        scale,
+        compute_dtype=torch.float32 if query.dtype == torch.float32 else query.dtype,
+        **kwargs,
+    )
     err = (out.double() - exact).abs().max().item()
     pt_err = (same_dtype.double() - exact).abs().max().item()
     floor = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[query.dtype]
@@ -55,14 +73,22 @@ def _check(query, k_cache, v_cache, block_tables, seq_lens, cu, kernel="auto", p
 # Covered, not crossed (emu.cover): every dtype x head dim, every dtype x GQA ratio x block size, every head dim x
 # block size, and every schedule with every dtype, GQA ratio and block size.
 GRID_AXES = dict(dtype=DTYPES, head_dim=HEAD_DIMS, gqa=GQA_RATIOS, block_size=BLOCK_SIZES, sched=emu.SCHEDULES)
-GRID_GROUPS = [("dtype", "head_dim"), ("dtype", "gqa", "block_size"), ("head_dim", "block_size"), ("sched", "dtype"),
-               ("sched", "gqa"), ("sched", "block_size")]
+GRID_GROUPS = [
+    ("dtype", "head_dim"),
+    ("dtype", "gqa", "block_size"),
+    ("head_dim", "block_size"),
+    ("sched", "dtype"),
+    ("sched", "gqa"),
+    ("sched", "block_size"),
+]
 GRID = emu.cover(GRID_AXES, GRID_GROUPS)
 # The prefill grid adds the kernel: "prefill" is the glue's choice (tensor cores for fp16 / bf16, every head dim the
 # op takes being a multiple of 16), "prefill-simt" the CUDA-core kernel for every dtype.
-PREFILL_GRID = emu.cover(dict(GRID_AXES, kernel=["prefill", "prefill-simt"]),
-                         GRID_GROUPS + [("kernel", "dtype"), ("kernel", "head_dim"), ("kernel", "gqa"),
-                                        ("kernel", "block_size"), ("kernel", "sched")])
+PREFILL_GRID = emu.cover(
+    dict(GRID_AXES, kernel=["prefill", "prefill-simt"]),
+    GRID_GROUPS
+    + [("kernel", "dtype"), ("kernel", "head_dim"), ("kernel", "gqa"), ("kernel", "block_size"), ("kernel", "sched")],
+)
 
 
 @pytest.mark.parametrize("dtype,head_dim,gqa,block_size,sched,kernel", PREFILL_GRID, ids=emu.ids(PREFILL_GRID))
@@ -97,15 +123,21 @@ def test_both_kernels_under_every_schedule(sched, kernel, gqa):
         _check(*batch, kernel=kernel, partition_size=128)
 
 
-WINDOW_CASES = emu.cover(dict(kernel=KERNELS, window=[1, 16, 100], gqa=GQA_RATIOS, sched=emu.SCHEDULES[:3]),
-                         [("kernel", "window"), ("kernel", "gqa"), ("kernel", "sched"), ("window", "gqa")])
+WINDOW_CASES = emu.cover(
+    dict(kernel=KERNELS, window=[1, 16, 100], gqa=GQA_RATIOS, sched=emu.SCHEDULES[:3]),
+    [("kernel", "window"), ("kernel", "gqa"), ("kernel", "sched"), ("window", "gqa")],
+)
 
 
 @pytest.mark.parametrize("kernel,window,gqa,sched", WINDOW_CASES, ids=emu.ids(WINDOW_CASES))
 def test_sliding_window(kernel, window, gqa, sched):
     with emu.schedule(*sched):
-        _check(*make_paged_batch([130, 90], [1, 90], 2 * gqa, 2, 64, 16, _dtype(kernel, window)), kernel=kernel,
-               partition_size=64, sliding_window=window)
+        _check(
+            *make_paged_batch([130, 90], [1, 90], 2 * gqa, 2, 64, 16, _dtype(kernel, window)),
+            kernel=kernel,
+            partition_size=64,
+            sliding_window=window,
+        )
 
 
 ALIBI_CASES = emu.cover(dict(kernel=KERNELS, gqa=GQA_RATIOS, sched=emu.SCHEDULES[:3]))
@@ -115,8 +147,12 @@ ALIBI_CASES = emu.cover(dict(kernel=KERNELS, gqa=GQA_RATIOS, sched=emu.SCHEDULES
 def test_alibi(kernel, gqa, sched):
     slopes = torch.tensor([2 ** (-8 * (h + 1) / (2 * gqa)) for h in range(2 * gqa)], dtype=torch.float32)
     with emu.schedule(*sched):
-        _check(*make_paged_batch([70, 33], [70, 4], 2 * gqa, 2, 64, 16, _dtype(kernel, gqa)), kernel=kernel,
-               partition_size=64, alibi_slopes=slopes)
+        _check(
+            *make_paged_batch([70, 33], [70, 4], 2 * gqa, 2, 64, 16, _dtype(kernel, gqa)),
+            kernel=kernel,
+            partition_size=64,
+            alibi_slopes=slopes,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -139,11 +175,27 @@ def test_chunked_prefill_equals_one_prefill(kernel):
     on tensor cores, whose key tiles start at the same keys for every row)."""
     q, kc, vc, bt, _, _ = make_paged_batch([200], [200], 4, 2, 64, 16, _dtype(kernel))
     scale = 64**-0.5
-    whole = emu.paged_attention(q, kc, vc, bt, torch.tensor([200], dtype=torch.int32),
-                                torch.tensor([0, 200], dtype=torch.int32), scale, kernel=kernel)
+    whole = emu.paged_attention(
+        q,
+        kc,
+        vc,
+        bt,
+        torch.tensor([200], dtype=torch.int32),
+        torch.tensor([0, 200], dtype=torch.int32),
+        scale,
+        kernel=kernel,
+    )
     for start, end in [(0, 64), (64, 65), (65, 200)]:
-        part = emu.paged_attention(q[start:end].contiguous(), kc, vc, bt, torch.tensor([end], dtype=torch.int32),
-                                   torch.tensor([0, end - start], dtype=torch.int32), scale, kernel=kernel)
+        part = emu.paged_attention(
+            q[start:end].contiguous(),
+            kc,
+            vc,
+            bt,
+            torch.tensor([end], dtype=torch.int32),
+            torch.tensor([0, end - start], dtype=torch.int32),
+            scale,
+            kernel=kernel,
+        )
         if kernel == "prefill-wmma":
             assert torch.equal(part, whole[start:end])
         else:
@@ -189,11 +241,26 @@ def test_large_head_dim_prefill_needs_opt_in_shared_memory(kernel):
 # The tensor-core prefill kernel over the prefill grid: fp16 / bf16, GQA 1/4/8, head dims 64/80/128/256, block
 # sizes 1/16/256, plain / ALiBi / sliding window, under every schedule; chunks at the end of long sequences, a whole
 # prompt and a one-query sequence in one batch; NaN in every unused cache slot.
-WMMA_GRID = emu.cover(dict(dtype=WMMA_DTYPES, head_dim=[64, 80, 128, 256], gqa=GQA_RATIOS, block_size=BLOCK_SIZES,
-                           bias=["none", "alibi", "window"], sched=emu.SCHEDULES),
-                      [("dtype", "head_dim"), ("dtype", "gqa", "block_size"), ("head_dim", "block_size"),
-                       ("bias", "dtype", "gqa"), ("head_dim", "bias"), ("sched", "dtype"), ("sched", "gqa"),
-                       ("sched", "bias")])
+WMMA_GRID = emu.cover(
+    dict(
+        dtype=WMMA_DTYPES,
+        head_dim=[64, 80, 128, 256],
+        gqa=GQA_RATIOS,
+        block_size=BLOCK_SIZES,
+        bias=["none", "alibi", "window"],
+        sched=emu.SCHEDULES,
+    ),
+    [
+        ("dtype", "head_dim"),
+        ("dtype", "gqa", "block_size"),
+        ("head_dim", "block_size"),
+        ("bias", "dtype", "gqa"),
+        ("head_dim", "bias"),
+        ("sched", "dtype"),
+        ("sched", "gqa"),
+        ("sched", "bias"),
+    ],
+)
 
 
 @pytest.mark.parametrize("dtype,head_dim,gqa,block_size,bias,sched", WMMA_GRID, ids=emu.ids(WMMA_GRID))

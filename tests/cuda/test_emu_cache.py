@@ -12,8 +12,12 @@ BLOCK_SIZES = [1, 16, 256]
 HEAD_DIMS = [16, 32, 64, 80, 96, 112, 128, 160, 192, 256]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # The (input, cache) dtype pairs the op accepts: equal, or float32 on one side.
-PAIRS = [(torch.float32, torch.bfloat16), (torch.float32, torch.float16), (torch.bfloat16, torch.float32),
-         (torch.float16, torch.float32)]
+PAIRS = [
+    (torch.float32, torch.bfloat16),
+    (torch.float32, torch.float16),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,9 +42,16 @@ def _same(a, b):
 
 # Covered, not crossed (emu.cover): every dtype x head dim, dtype x block size, head dim x block size; every
 # schedule with every dtype and block size.
-RESHAPE_CASES = emu.cover(dict(block_size=BLOCK_SIZES, head_dim=HEAD_DIMS, dtype=DTYPES, sched=emu.SCHEDULES),
-                          [("dtype", "head_dim"), ("dtype", "block_size"), ("head_dim", "block_size"),
-                           ("sched", "dtype"), ("sched", "block_size")])
+RESHAPE_CASES = emu.cover(
+    dict(block_size=BLOCK_SIZES, head_dim=HEAD_DIMS, dtype=DTYPES, sched=emu.SCHEDULES),
+    [
+        ("dtype", "head_dim"),
+        ("dtype", "block_size"),
+        ("head_dim", "block_size"),
+        ("sched", "dtype"),
+        ("sched", "block_size"),
+    ],
+)
 
 
 @pytest.mark.parametrize("block_size,head_dim,dtype,sched", RESHAPE_CASES, ids=emu.ids(RESHAPE_CASES))
@@ -87,10 +98,23 @@ def test_reshape_and_cache_reads_strided_views():
     assert torch.equal(v_cache.view(-1, Hkv, D)[:T], value)
 
 
-FUSED_CASES = emu.cover(dict(block_size=BLOCK_SIZES, scaling=["default", "dynamic", "llama3"], dtype=DTYPES,
-                             rotary=["full-neox", "partial-interleaved"], sched=emu.SCHEDULES),
-                        [("scaling", "dtype", "rotary"), ("block_size", "dtype"), ("block_size", "scaling"),
-                         ("block_size", "rotary"), ("sched", "dtype"), ("sched", "block_size")])
+FUSED_CASES = emu.cover(
+    dict(
+        block_size=BLOCK_SIZES,
+        scaling=["default", "dynamic", "llama3"],
+        dtype=DTYPES,
+        rotary=["full-neox", "partial-interleaved"],
+        sched=emu.SCHEDULES,
+    ),
+    [
+        ("scaling", "dtype", "rotary"),
+        ("block_size", "dtype"),
+        ("block_size", "scaling"),
+        ("block_size", "rotary"),
+        ("sched", "dtype"),
+        ("sched", "block_size"),
+    ],
+)
 
 
 @pytest.mark.parametrize("block_size,scaling,dtype,rotary,sched", FUSED_CASES, ids=emu.ids(FUSED_CASES))
@@ -113,8 +137,11 @@ def test_fused_rotary_and_cache(block_size, scaling, dtype, rotary, sched):
     reference.rotary_embedding_and_cache(q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, **kwargs)
     with emu.schedule(*sched):
         emu.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, **kwargs)
-    tol = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-           torch.float16: dict(atol=2e-3, rtol=2e-3)}[dtype]
+    tol = {
+        torch.float32: dict(atol=1e-5, rtol=1e-5),
+        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+        torch.float16: dict(atol=2e-3, rtol=2e-3),
+    }[dtype]
     torch.testing.assert_close(q, q_ref, **tol)
     torch.testing.assert_close(k, k_ref, **tol)
     torch.testing.assert_close(kc.nan_to_num(7.0), kc_ref.nan_to_num(7.0), **tol)

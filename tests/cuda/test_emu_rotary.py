@@ -29,14 +29,23 @@ def _module():
 
 
 def _rope(head_dim, scaling, **kw):
-    return RopeConfig(rotary_dim=kw.pop("rotary_dim", head_dim), base=kw.pop("base", 10000.0), scaling_type=scaling,
-                      max_position_embeddings=MAX_POS, **SCALINGS[scaling], **kw)
+    return RopeConfig(
+        rotary_dim=kw.pop("rotary_dim", head_dim),
+        base=kw.pop("base", 10000.0),
+        scaling_type=scaling,
+        max_position_embeddings=MAX_POS,
+        **SCALINGS[scaling],
+        **kw,
+    )
 
 
 def _tol(dtype):
     # bf16 / fp16: the kernel rounds once; allow one ulp of the reference's own rounding.
-    return {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-            torch.float16: dict(atol=2e-3, rtol=2e-3)}[dtype]
+    return {
+        torch.float32: dict(atol=1e-5, rtol=1e-5),
+        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+        torch.float16: dict(atol=2e-3, rtol=2e-3),
+    }[dtype]
 
 
 def _check(rope, q, k, positions, **kwargs):
@@ -50,10 +59,17 @@ def _check(rope, q, k, positions, **kwargs):
 
 # Covered, not crossed (emu.cover): every dtype x scaling x layout, every dtype x head dim, every head dim x
 # scaling, every schedule x scaling and x dtype.
-GRID = emu.cover(dict(dtype=DTYPES, head_dim=HEAD_DIMS, scaling=list(SCALINGS), is_neox=[True, False],
-                      sched=emu.SCHEDULES),
-                 [("dtype", "scaling", "is_neox"), ("dtype", "head_dim"), ("head_dim", "scaling"), ("sched", "scaling"),
-                  ("sched", "dtype"), ("head_dim", "is_neox")])
+GRID = emu.cover(
+    dict(dtype=DTYPES, head_dim=HEAD_DIMS, scaling=list(SCALINGS), is_neox=[True, False], sched=emu.SCHEDULES),
+    [
+        ("dtype", "scaling", "is_neox"),
+        ("dtype", "head_dim"),
+        ("head_dim", "scaling"),
+        ("sched", "scaling"),
+        ("sched", "dtype"),
+        ("head_dim", "is_neox"),
+    ],
+)
 
 
 @pytest.mark.parametrize("dtype,head_dim,scaling,is_neox,sched", GRID, ids=emu.ids(GRID))
@@ -67,8 +83,9 @@ def test_matches_reference(dtype, head_dim, scaling, is_neox, sched):
         _check(rope, q, k, positions)
 
 
-PARTIAL_CASES = emu.cover(dict(sched=emu.SCHEDULES, rotary_dim=[16, 32], is_neox=[True, False]),
-                          [("sched",), ("rotary_dim", "is_neox")])
+PARTIAL_CASES = emu.cover(
+    dict(sched=emu.SCHEDULES, rotary_dim=[16, 32], is_neox=[True, False]), [("sched",), ("rotary_dim", "is_neox")]
+)
 
 
 @pytest.mark.parametrize("sched,rotary_dim,is_neox", PARTIAL_CASES, ids=emu.ids(PARTIAL_CASES))

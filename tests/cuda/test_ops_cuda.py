@@ -12,8 +12,7 @@ from lmx.rope import RopeConfig
 
 from ..helpers import make_paged_batch
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HEAD_DIMS = [16, 32, 64, 80, 96, 112, 128, 160, 192, 256]
@@ -25,8 +24,11 @@ SCALINGS = {
     "yarn": dict(factor=4.0, original_max_position_embeddings=256),
     "llama3": dict(factor=8.0, original_max_position_embeddings=256, low_freq_factor=1.0, high_freq_factor=4.0),
 }
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-       torch.float16: dict(atol=2e-3, rtol=2e-3)}
+TOL = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
 
 
 def _cuda(*tensors):
@@ -38,8 +40,9 @@ def _cuda(*tensors):
 @pytest.mark.parametrize("scaling", list(SCALINGS))
 @pytest.mark.parametrize("is_neox", [True, False])
 def test_rotary_matches_reference(dtype, head_dim, scaling, is_neox):
-    rope = RopeConfig(rotary_dim=head_dim, scaling_type=scaling, max_position_embeddings=256, is_neox=is_neox,
-                      **SCALINGS[scaling])
+    rope = RopeConfig(
+        rotary_dim=head_dim, scaling_type=scaling, max_position_embeddings=256, is_neox=is_neox, **SCALINGS[scaling]
+    )
     q, k = torch.randn(40, 8, head_dim, dtype=dtype), torch.randn(40, 2, head_dim, dtype=dtype)
     positions = torch.randint(0, 1024, (40,))
     q_ref, k_ref = q.clone(), k.clone()
@@ -107,11 +110,13 @@ def test_fused_rotary_and_cache(block_size, dtype):
     vc_ref = kc_ref.clone()
     kc, vc = kc_ref.cuda(), vc_ref.cuda()
     q_ref, k_ref = q.clone(), k.clone()
-    reference.rotary_embedding_and_cache(q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, cu_seqlens=cu,
-                                         rope_seq_lens=lens)
+    reference.rotary_embedding_and_cache(
+        q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, cu_seqlens=cu, rope_seq_lens=lens
+    )
     qc, kk = q.cuda(), k.cuda()
-    ops.rotary_embedding_and_cache(qc, kk, v.cuda(), kc, vc, slots.cuda(), positions.cuda(), rope,
-                                   cu_seqlens=cu.cuda(), rope_seq_lens=lens.cuda())
+    ops.rotary_embedding_and_cache(
+        qc, kk, v.cuda(), kc, vc, slots.cuda(), positions.cuda(), rope, cu_seqlens=cu.cuda(), rope_seq_lens=lens.cuda()
+    )
     torch.testing.assert_close(qc.cpu(), q_ref, **TOL[dtype])
     torch.testing.assert_close(kc.cpu().nan_to_num(7.0), kc_ref.nan_to_num(7.0), **TOL[dtype])
     assert torch.equal(vc.cpu().nan_to_num(7.0), vc_ref.nan_to_num(7.0))
@@ -122,8 +127,9 @@ def _check_attention(batch, **kwargs):
     scale = query.shape[-1] ** -0.5
     out = ops.paged_attention(*_cuda(*batch), scale, **{k: _cuda(v)[0] for k, v in kwargs.items()}).cpu()
     exact = reference.paged_attention(*batch, scale, **kwargs)
-    same = reference.paged_attention(*batch, scale, compute_dtype=torch.float32 if query.dtype == torch.float32
-                                     else query.dtype, **kwargs)
+    same = reference.paged_attention(
+        *batch, scale, compute_dtype=torch.float32 if query.dtype == torch.float32 else query.dtype, **kwargs
+    )
     err, pt_err = (out.double() - exact).abs().max().item(), (same.double() - exact).abs().max().item()
     floor = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[query.dtype]
     assert torch.isfinite(out).all()

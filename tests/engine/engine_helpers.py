@@ -29,7 +29,6 @@ MAX_POSITIONS = 64  # small, so 40-token prompts + 32 new tokens cross it
 VOCAB = 512
 
 
-
 def tiny_config(arch: str, rope: str, **overrides):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 

@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-
 from engine_helpers import fp32_engine_config, make_tiny_model, needs_smollm2, random_prompt, smollm2_gguf
+
 from lmx import EngineConfig, GenerationConfig, pipeline
 
 GEN = GenerationConfig(max_new_tokens=4, ignore_eos=True)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from engine_helpers import fp32_engine_config, fresh_hf_model, hf_greedy, hf_mean_nll, make_tiny_model, random_prompt
 from safetensors.torch import save_file
 
-from engine_helpers import fp32_engine_config, fresh_hf_model, hf_greedy, hf_mean_nll, make_tiny_model, random_prompt
 from lmx import GenerationConfig, pipeline
 
 

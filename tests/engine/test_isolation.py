@@ -7,8 +7,8 @@ import copy
 import math
 
 import pytest
-
 from engine_helpers import fp32_engine_config, make_tiny_model, random_prompt
+
 from lmx import GenerationConfig, pipeline
 from lmx.engine.scheduler import EngineBusyError
 
@@ -57,7 +57,10 @@ def test_a_poisoned_sequence_fails_alone(pipe, poisoned, field, value):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(random_seed=2**64), r"random_seed: expected an int from 0 to 18446744073709551615, got 18446744073709551616"),
+        (
+            dict(random_seed=2**64),
+            r"random_seed: expected an int from 0 to 18446744073709551615, got 18446744073709551616",
+        ),
         (dict(random_seed=-1), r"random_seed: expected an int >= 0, got -1"),
         (dict(repetition_penalty=1e-300), r"repetition_penalty: expected a value in \[0.01, 100\]"),
         (dict(repetition_penalty=1e300), r"repetition_penalty: expected a value in \[0.01, 100\]"),

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from engine_helpers import (
+    ARCHITECTURES,
+    MAX_POSITIONS,
+    ROPE_PARAMETERS,
+    fp32_engine_config,
+    fresh_hf_model,
+    hf_greedy,
+    hf_mean_nll,
+    make_tiny_model,
+    random_prompt,
+)  # fmt: skip
 
 from lmx import GenerationConfig, pipeline
-
-from engine_helpers import (
-    ARCHITECTURES, MAX_POSITIONS, ROPE_PARAMETERS, fp32_engine_config, fresh_hf_model, hf_greedy, hf_mean_nll,
-    make_tiny_model, random_prompt,
-)  # fmt: skip
 
 NEW_TOKENS = 32
 GREEDY = GenerationConfig(max_new_tokens=NEW_TOKENS, ignore_eos=True)
@@ -151,6 +157,7 @@ def test_prompt_logprobs_match_transformers(tiny_models):
         assert list(top) == tokens.tolist()
         assert list(top.values()) == pytest.approx(values.tolist(), abs=1e-4)
     assert -sum(lp for lp, _ in seq.prompt_token_logprobs) / (len(ids) - 1) == pytest.approx(
-        seq.nll_sum / seq.nll_count, rel=1e-6)
+        seq.nll_sum / seq.nll_count, rel=1e-6
+    )
     with pytest.raises(ValueError, match=r"prompt_logprobs: expected None or an int >= 0, got -1"):
         engine.add_perplexity_request(ids, prompt_logprobs=-1)

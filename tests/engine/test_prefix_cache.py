@@ -5,8 +5,8 @@ dynamic NTK on both sides of the trained context."""
 from __future__ import annotations
 
 import pytest
-
 from engine_helpers import MAX_POSITIONS, fp32_engine_config, make_tiny_model, random_prompt
+
 from lmx import EngineConfig, GenerationConfig, pipeline
 from lmx.engine.sequence import Sequence
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_helpers import fp32_engine_config, make_tiny_model, random_prompt
+
 from lmx import GenerationConfig, pipeline
 from lmx.engine.sampler import apply_repetition_penalty, filtered_probs
 
@@ -18,8 +18,9 @@ def pipe(tmp_path_factory):
 
 
 def test_seed_reproducible_alone_and_in_batch(pipe):
-    gen = GenerationConfig(max_new_tokens=16, do_sample=True, temperature=1.5, top_k=50, top_p=0.9,
-                           random_seed=1234, ignore_eos=True)
+    gen = GenerationConfig(
+        max_new_tokens=16, do_sample=True, temperature=1.5, top_k=50, top_p=0.9, random_seed=1234, ignore_eos=True
+    )
     prompt = random_prompt(20, seed=1)
     first = pipe(prompt, gen_config=gen).token_ids
     assert pipe(prompt, gen_config=gen).token_ids == first
@@ -32,14 +33,19 @@ def test_seed_reproducible_alone_and_in_batch(pipe):
 def test_top_k_one_and_zero_temperature_are_greedy(pipe):
     prompt = random_prompt(20, seed=5)
     greedy = pipe(prompt, gen_config=GenerationConfig(max_new_tokens=12, ignore_eos=True)).token_ids
-    for gen in (GenerationConfig(max_new_tokens=12, do_sample=True, top_k=1, ignore_eos=True),
-                GenerationConfig(max_new_tokens=12, do_sample=True, temperature=0.0, ignore_eos=True)):
+    for gen in (
+        GenerationConfig(max_new_tokens=12, do_sample=True, top_k=1, ignore_eos=True),
+        GenerationConfig(max_new_tokens=12, do_sample=True, temperature=0.0, ignore_eos=True),
+    ):
         assert pipe(prompt, gen_config=gen).token_ids == greedy
 
 
 def test_processors_match_transformers():
     from transformers import (
-        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
     )  # fmt: skip
 
     torch.manual_seed(0)
@@ -58,8 +64,9 @@ def test_processors_match_transformers():
 def test_repetition_penalty_changes_greedy_output(pipe):
     prompt = random_prompt(20, seed=6)
     plain = pipe(prompt, gen_config=GenerationConfig(max_new_tokens=24, ignore_eos=True)).token_ids
-    penalised = pipe(prompt, gen_config=GenerationConfig(max_new_tokens=24, ignore_eos=True,
-                                                         repetition_penalty=5.0)).token_ids
+    penalised = pipe(
+        prompt, gen_config=GenerationConfig(max_new_tokens=24, ignore_eos=True, repetition_penalty=5.0)
+    ).token_ids
     assert penalised != plain
     assert len(set(penalised)) >= len(set(plain))
 

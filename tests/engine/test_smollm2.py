@@ -3,11 +3,10 @@ headline on it is tests/evals/test_demo_slow.py, through `lmx demo`)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from engine_helpers import needs_smollm2, smollm2_gguf
+
 from lmx import EngineConfig, GenerationConfig, pipeline
 
 pytestmark = needs_smollm2
@@ -16,8 +15,10 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", 
 
 @pytest.fixture(scope="module")
 def smol():
-    return pipeline("smollm2-135m", engine_config=EngineConfig(dtype="float32", device="cpu", session_len=2048,
-                                                               max_batch_size=8, block_size=32))
+    return pipeline(
+        "smollm2-135m",
+        engine_config=EngineConfig(dtype="float32", device="cpu", session_len=2048, max_batch_size=8, block_size=32),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,9 @@ def test_smollm2_greedy_matches_transformers(smol, smol_hf):
             out = smol_hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, pad_token_id=2)
         expected = out[0, len(ids) :].tolist()
         expected = expected + [None] * (24 - len(expected))  # transformers may stop at EOS; lmx ignores it
-        assert [t for t, e in zip(response.token_ids, expected) if e is not None] == [e for e in expected if e is not None]
+        assert [t for t, e in zip(response.token_ids, expected) if e is not None] == [
+            e for e in expected if e is not None
+        ]
 
 
 def test_smollm2_ppl_matches_transformers(smol, smol_hf):
@@ -58,7 +61,8 @@ def test_chat_template_stop_words_and_streaming(smol):
     word = plain.text.split()[1]  # the second word of the continuation
     stopped = smol("The capital of France is", gen_config=GenerationConfig(max_new_tokens=30, stop_words=[word]))
     assert stopped.finish_reason == "stop" and word not in stopped.text and plain.text.startswith(stopped.text)
-    pieces = list(smol.stream_infer("The capital of France is", gen_config=GenerationConfig(max_new_tokens=30,
-                                                                                             ignore_eos=True)))
+    pieces = list(
+        smol.stream_infer("The capital of France is", gen_config=GenerationConfig(max_new_tokens=30, ignore_eos=True))
+    )
     assert "".join(p.text for p in pieces) == plain.text
     assert sum(len(p.token_ids) for p in pieces) == 30 and pieces[-1].finish_reason == "length"

@@ -66,4 +66,11 @@ def test_line_plots(tmp_path):
 
 
 def test_short_length():
-    assert [plots.short_length(n) for n in (900, 1024, 1536, 4000, 7680, 15360)] == ["900", "1k", "1.5k", "4k", "7.5k", "15k"]
+    assert [plots.short_length(n) for n in (900, 1024, 1536, 4000, 7680, 15360)] == [
+        "900",
+        "1k",
+        "1.5k",
+        "4k",
+        "7.5k",
+        "15k",
+    ]

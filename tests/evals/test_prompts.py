@@ -35,9 +35,8 @@ def test_passkey_items_are_reproducible_and_sized():
 def test_passkey_extract_and_score(fake_factory):
     assert passkey.extract_pass_key(" 12345. Remember it.") == 12345
     assert passkey.extract_pass_key("no number") is None
-    # the fake model answers correctly only under dynamic RoPE
-    factory, built = fake_factory()
 
+    # the fake model answers correctly only under dynamic RoPE
     def answer_for(setting):
         def answer(prompt):
             key = prompt.split("The pass key is ")[1].split(".")[0]
@@ -50,7 +49,9 @@ def test_passkey_extract_and_score(fake_factory):
 
         return FakePipeline(answer_for(setting))
 
-    result = passkey.run_passkey(factory, [RopeSetting("default"), RopeSetting("dynamic", 2.0)], [300, 600], rounds=2, seed=0)
+    result = passkey.run_passkey(
+        factory, [RopeSetting("default"), RopeSetting("dynamic", 2.0)], [300, 600], rounds=2, seed=0
+    )
     acc = {(s["setting"], s["length"]): s["accuracy"] for s in result["summary"]}
     assert acc == {("default", 300): 0.0, ("default", 600): 0.0, ("dynamic:2", 300): 100.0, ("dynamic:2", 600): 100.0}
     # the same prompts under every setting
@@ -113,7 +114,9 @@ def test_niah_grid_on_fake_pipeline(fake_factory):
     grid = result["grids"]["default"]
     assert len(grid) == 3 and all(len(row) == 2 for row in grid)
     assert grid[0] == [100.0, 100.0] and grid[2] == [0.0, 0.0]
-    assert result["mean_per_length"]["default"] == pytest.approx([100 / 3 * (1 + (grid[1][0] > 0)), 100 / 3 * (1 + (grid[1][1] > 0))])
+    assert result["mean_per_length"]["default"] == pytest.approx(
+        [100 / 3 * (1 + (grid[1][0] > 0)), 100 / 3 * (1 + (grid[1][1] > 0))]
+    )
 
 
 def test_repeat_task_is_seed_003():
@@ -166,7 +169,10 @@ def test_longbench_scorer_first_line_and_best_answer():
     assert longbench.score_item(trec, "\nEntity\nLocation", ["Entity"], ["Entity", "Location"]) == 1.0
     hotpot = get_task("hotpotqa_e")  # LongBench-E names too
     assert longbench.score_item(hotpot, "Paris, France", ["London", "Paris"]) == pytest.approx(2 / 3)
-    items = [{"pred": "Paris", "answers": ["Paris"], "length": 3000}, {"pred": "x", "answers": ["Paris"], "length": 9000}]
+    items = [
+        {"pred": "Paris", "answers": ["Paris"], "length": 3000},
+        {"pred": "x", "answers": ["Paris"], "length": 9000},
+    ]
     scores = longbench.task_scores(hotpot, items)
     assert scores["score"] == 50.0 and scores["by_length"] == {"0-4k": 100.0, "4-8k": None, "8k+": 0.0}
 

@@ -111,5 +111,9 @@ def test_serve_limit_flags_reach_the_app(tiny_model_dir):
     assert app.state.engine.pipe.engine.scheduler.max_queued_requests == 7
     defaults = build_parser().parse_args(["serve"])
     assert (defaults.max_body_bytes, defaults.max_upload_bytes) == (32 * 1024 * 1024, 64 * 1024 * 1024)
-    assert (defaults.max_prompt_chars, defaults.max_prompts_per_request, defaults.max_queued_requests) == (None, 64, 256)
+    assert (defaults.max_prompt_chars, defaults.max_prompts_per_request, defaults.max_queued_requests) == (
+        None,
+        64,
+        256,
+    )
     assert (defaults.max_pdf_pages, defaults.pdf_timeout) == (1000, 60.0)

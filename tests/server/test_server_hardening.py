@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import io
 import json
 import threading
@@ -171,8 +170,11 @@ def test_full_waiting_queue_answers_503_with_retry_after(tiny_model_dir, monkeyp
 
         monkeypatch.setattr(engine, "step", held_step)
         first: list = []
-        thread = threading.Thread(target=lambda: first.append(
-            httpx.post(f"{url}/v1/completions", json={"prompt": "the water", "max_tokens": 2}, timeout=120)))
+        thread = threading.Thread(
+            target=lambda: first.append(
+                httpx.post(f"{url}/v1/completions", json={"prompt": "the water", "max_tokens": 2}, timeout=120)
+            )
+        )
         thread.start()
         deadline = time.monotonic() + 30
         while len(engine.scheduler.waiting) < 1:
@@ -350,8 +352,11 @@ def test_a_failing_command_fails_its_request_and_the_thread_survives(tiny_model_
             raise RuntimeError("abort bug")
 
         monkeypatch.setattr(engine, "abort", broken_abort)
-        with httpx.stream("POST", f"{url}/v1/completions",
-                          json={"prompt": "the water", "max_tokens": 200, "ignore_eos": True, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/completions",
+            json={"prompt": "the water", "max_tokens": 200, "ignore_eos": True, "stream": True},
+        ) as r:
             next(r.iter_lines())  # then disconnect: the abort command fails on the engine thread
         time.sleep(0.5)
         monkeypatch.setattr(engine, "abort", real_abort)
