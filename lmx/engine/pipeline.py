@@ -120,9 +120,7 @@ class Pipeline:
             "session_len": self.session_len, "max_sequence_len": self.max_sequence_len,
             "max_batch_size": scheduler.max_batch_size, "max_queued_requests": scheduler.max_queued_requests,
         }  # fmt: skip
-        stats = getattr(scheduler, "stats", None) or getattr(blocks, "stats", None)
-        if stats is not None:
-            out.update(stats())
+        out.update(scheduler.stats())
         return out
 
     def validate(self, ids: Any, *, name: str = "prompt", perplexity: bool = False) -> list[int]:

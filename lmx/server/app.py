@@ -7,7 +7,8 @@ one module per concern:
 * ``chat``: ``POST /v1/chat/completions``
 * ``tokens``: vLLM's ``/tokenize``, ``/detokenize`` and ``/tokenizer_info`` (lm-eval's remote tokenizer)
 * ``documents``: the document-chat page's upload, ``POST /v1/documents``
-* here: ``GET /health``, ``GET /v1/models`` and the page itself at ``/``
+* here: ``GET /health`` (with the KV cache's hit rate and free blocks), ``GET /metrics`` (``Pipeline.metrics``),
+  ``GET /v1/models`` and the page itself at ``/``
 
 Every error is a 4xx/5xx with OpenAI's body ``{"error": {"message", "type", "param", "code"}}``.
 """
@@ -80,7 +81,13 @@ def create_app(pipe, *, model_name: str, api_key: str | None = None, limits: Ser
             error = {"message": f"engine: the engine thread has stopped ({dead}); restart the server",
                      "type": "server_error", "param": None, "code": "engine_dead"}  # fmt: skip
             return JSONResponse({"status": "error", "model": model_name, "error": error}, status_code=503)
-        return {"status": "ok", "model": model_name, "requests_in_engine": engine.num_unfinished}
+        m = engine.metrics()
+        cache = {k: m[k] for k in ("hit_rate", "cached_blocks", "free_blocks", "num_blocks") if k in m}
+        return {"status": "ok", "model": model_name, "requests_in_engine": engine.num_unfinished, "kv_cache": cache}
+
+    @app.get("/metrics")
+    async def metrics() -> dict:
+        return {"model": model_name, **engine.metrics()}
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -74,6 +74,10 @@ class AsyncEngine:
         """Requests in the engine (waiting or running); read from any thread, for health checks and tests."""
         return self.pipe.num_unfinished
 
+    def metrics(self) -> dict:
+        """The engine's counters (``Pipeline.metrics``: queue, KV blocks, prefix-cache hits); read from any thread."""
+        return self.pipe.metrics()
+
     # -- the asyncio side ----------------------------------------------------------------------------------------
 
     async def generate(self, prompt_ids: list[int], gen_config) -> AsyncIterator[Response]:

@@ -37,6 +37,22 @@ def test_models_and_health(client):
     assert models["data"][0]["id"] == MODEL_NAME and models["data"][0]["max_model_len"] == SESSION_LEN
 
 
+def test_health_and_metrics_report_the_prefix_cache(client):
+    """A repeated prompt is served from cached KV blocks, and /metrics and /health say so."""
+    before = client.get("/metrics").json()
+    prompt = list(range(5, 5 + 3 * before["block_size"] + 3))  # three full blocks and a partial one
+    for _ in range(2):
+        body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 2, "temperature": 0}
+        assert client.post("/v1/completions", json=body).status_code == 200
+    after = client.get("/metrics").json()
+    assert after["cached_tokens"] - before["cached_tokens"] >= 3 * before["block_size"]
+    assert after["prompt_tokens"] - before["prompt_tokens"] == 2 * len(prompt)
+    assert 0 < after["hit_rate"] <= 1 and after["cached_blocks"] >= 3
+    cache = client.get("/health").json()["kv_cache"]
+    assert set(cache) == {"hit_rate", "cached_blocks", "free_blocks", "num_blocks"}
+    assert 0 <= cache["free_blocks"] <= cache["num_blocks"]
+
+
 def test_completion_text_and_token_ids_agree(client, tiny_pipe):
     from lmx import GenerationConfig
 
