@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--prefill-chunk", type=int, default=None, help="lmx's max_prefill_token_num "
                         "(default: the engine's)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when it is installed")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of all sides, alternating (medians)")
     parser.add_argument("--json", default=None, help="default: bench/results/engine-<context>.json")
     parser.add_argument("--worker", choices=["hf", "lmx", "llama_cpp"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,16 +170,35 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    sides = {"transformers": run_worker("hf", args), "lmx": run_worker("lmx", args)}
+    workers = {"transformers": "hf", "lmx": "lmx"}
     if have_llama_cpp() and not args.no_llama_cpp:
-        try:
-            sides["llama.cpp"] = run_worker("llama_cpp", args)
-        except subprocess.CalledProcessError as e:  # say why, keep the other two
-            print(f"llama.cpp failed: {(e.stderr or '').strip().splitlines()[-1:]}", file=sys.stderr)
+        workers["llama.cpp"] = "llama_cpp"
+    # --repeats rounds, the sides alternating within each (a machine whose speed drifts affects all alike); each
+    # figure is the median over the rounds, its min-max spread kept in the JSON.
+    runs: dict[str, list[dict]] = {k: [] for k in workers}
+    for _ in range(args.repeats):
+        for name, worker in list(workers.items()):
+            try:
+                runs[name].append(run_worker(worker, args))
+            except subprocess.CalledProcessError as e:
+                if name != "llama.cpp":
+                    raise
+                print(f"llama.cpp failed: {(e.stderr or '').strip().splitlines()[-1:]}", file=sys.stderr)
+                del workers[name], runs[name]
+    sides = {}
+    for name, rs in runs.items():
+        side = dict(rs[len(rs) // 2])  # tokens, dtype, chunk of one run; the figures are medians
+        for key in ("prefill_tok_s", "decode_tok_s", "peak_rss_mib"):
+            values = sorted(r[key] for r in rs)
+            side[key] = statistics.median(values)
+            side[key + "_range"] = [values[0], values[-1]]
+        side["runs"] = len(rs)
+        sides[name] = side
     lmx, others = sides["lmx"], [k for k in sides if k != "lmx"]
     print(f"SmolLM2-135M, context {args.context}, {args.decode_tokens} decode steps, lmx prefill chunk "
           f"{lmx['prefill_chunk']}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"llama.cpp {'included' if 'llama.cpp' in sides else 'not installed'}")
+          f"llama.cpp {'included' if 'llama.cpp' in sides else 'not installed'}, median of {args.repeats} "
+          f"alternating round(s)")
     head = f"{'metric':<16}" + "".join(f"{k:>14}" for k in sides) + "".join(f"{'lmx / ' + k:>22}" for k in others)
     print(head)
     print("-" * len(head))
@@ -190,6 +211,10 @@ def main() -> None:
         print(f"{label:<16}" + "".join(f"{v[key]:>14.1f}" for v in sides.values())
               + "".join(f"{ratios[k][key]:>21.2f}x" for k in others))
     hf = sides["transformers"]
+    if args.repeats > 1:
+        for label, key in (("prefill tok/s", "prefill_tok_s"), ("decode tok/s", "decode_tok_s")):
+            print(f"{label + ' range':<16}" + "".join(f"{'%.0f-%.0f' % tuple(v[key + '_range']):>14}"
+                                                     for v in sides.values()))
     same = sum(a == b for a, b in zip(hf["tokens"], lmx["tokens"]))
     print(f"greedy tokens equal to transformers': {same}/{min(len(hf['tokens']), len(lmx['tokens']))}")
     result = {"context": args.context, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
