@@ -76,8 +76,14 @@ def worker_llama_cpp(args) -> dict:
     from lmx.loaders import resolve_alias
 
     path = resolve_alias("smollm2-135m")
-    llm = Llama(model_path=str(path), n_ctx=args.context + args.decode_tokens + 8, n_threads=os.cpu_count(),
-                n_threads_batch=os.cpu_count(), flash_attn=True, verbose=False)
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=args.context + args.decode_tokens + 8,
+        n_threads=os.cpu_count(),
+        n_threads_batch=os.cpu_count(),
+        flash_attn=True,
+        verbose=False,
+    )
     ids = prompt_ids(args.context)
 
     def greedy() -> int:  # the last evaluated token's logits (llama-cpp-python keeps scores only with logits_all)
@@ -111,8 +117,9 @@ def worker_lmx(args) -> dict:
         ),
     )  # fmt: skip
     engine = pipe.engine
-    seq = engine.add_request(prompt_ids(args.context), GenerationConfig(max_new_tokens=args.decode_tokens + 1,
-                                                                        ignore_eos=True))
+    seq = engine.add_request(
+        prompt_ids(args.context), GenerationConfig(max_new_tokens=args.decode_tokens + 1, ignore_eos=True)
+    )
     t0 = time.perf_counter()
     while seq.num_output_tokens == 0:  # the prompt, in chunks of --prefill-chunk, and the first token
         engine.step()
@@ -122,8 +129,10 @@ def worker_lmx(args) -> dict:
         engine.step()
     decode_s = time.perf_counter() - t0
     dtype = str(engine.runner.kv_cache.dtype).replace("torch.", "")
-    return {**_result(args, prefill_s, decode_s, seq.output_ids, dtype),
-            "prefill_chunk": engine.config.max_prefill_token_num}
+    return {
+        **_result(args, prefill_s, decode_s, seq.output_ids, dtype),
+        "prefill_chunk": engine.config.max_prefill_token_num,
+    }
 
 
 def _result(args, prefill_s: float, decode_s: float, tokens: list[int], dtype: str) -> dict:
@@ -138,8 +147,18 @@ def _result(args, prefill_s: float, decode_s: float, tokens: list[int], dtype: s
 
 
 def run_worker(side: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", side, "--context", str(args.context),
-           "--decode-tokens", str(args.decode_tokens), "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        side,
+        "--context",
+        str(args.context),
+        "--decode-tokens",
+        str(args.decode_tokens),
+        "--dtype",
+        args.dtype,
+    ]
     if args.prefill_chunk is not None:
         cmd += ["--prefill-chunk", str(args.prefill_chunk)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
@@ -156,10 +175,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--decode-tokens", type=int, default=32)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                        help="auto: each side's own choice on this CPU")
-    parser.add_argument("--prefill-chunk", type=int, default=None, help="lmx's max_prefill_token_num "
-                        "(default: the engine's)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="auto: each side's own choice on this CPU",
+    )
+    parser.add_argument(
+        "--prefill-chunk", type=int, default=None, help="lmx's max_prefill_token_num (default: the engine's)"
+    )
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when it is installed")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all sides, alternating (medians)")
     parser.add_argument("--json", default=None, help="default: bench/results/engine-<context>.json")
@@ -195,32 +219,48 @@ def main() -> None:
         side["runs"] = len(rs)
         sides[name] = side
     lmx, others = sides["lmx"], [k for k in sides if k != "lmx"]
-    print(f"SmolLM2-135M, context {args.context}, {args.decode_tokens} decode steps, lmx prefill chunk "
-          f"{lmx['prefill_chunk']}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"llama.cpp {'included' if 'llama.cpp' in sides else 'not installed'}, median of {args.repeats} "
-          f"alternating round(s)")
+    print(
+        f"SmolLM2-135M, context {args.context}, {args.decode_tokens} decode steps, lmx prefill chunk "
+        f"{lmx['prefill_chunk']}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"llama.cpp {'included' if 'llama.cpp' in sides else 'not installed'}, median of {args.repeats} "
+        f"alternating round(s)"
+    )
     head = f"{'metric':<16}" + "".join(f"{k:>14}" for k in sides) + "".join(f"{'lmx / ' + k:>22}" for k in others)
     print(head)
     print("-" * len(head))
     print(f"{'dtype':<16}" + "".join(f"{v['dtype']:>14}" for v in sides.values()))
     ratios: dict[str, dict[str, float]] = {k: {} for k in others}
-    for label, key in (("prefill tok/s", "prefill_tok_s"), ("decode tok/s", "decode_tok_s"),
-                       ("peak RSS MiB", "peak_rss_mib")):
+    for label, key in (
+        ("prefill tok/s", "prefill_tok_s"),
+        ("decode tok/s", "decode_tok_s"),
+        ("peak RSS MiB", "peak_rss_mib"),
+    ):
         for k in others:
             ratios[k][key] = lmx[key] / sides[k][key]
-        print(f"{label:<16}" + "".join(f"{v[key]:>14.1f}" for v in sides.values())
-              + "".join(f"{ratios[k][key]:>21.2f}x" for k in others))
+        print(
+            f"{label:<16}"
+            + "".join(f"{v[key]:>14.1f}" for v in sides.values())
+            + "".join(f"{ratios[k][key]:>21.2f}x" for k in others)
+        )
     hf = sides["transformers"]
     if args.repeats > 1:
         for label, key in (("prefill tok/s", "prefill_tok_s"), ("decode tok/s", "decode_tok_s")):
-            print(f"{label + ' range':<16}" + "".join(f"{'%.0f-%.0f' % tuple(v[key + '_range']):>14}"
-                                                     for v in sides.values()))
+            print(
+                f"{label + ' range':<16}"
+                + "".join(f"{'{:.0f}-{:.0f}'.format(*v[key + '_range']):>14}" for v in sides.values())
+            )
     same = sum(a == b for a, b in zip(hf["tokens"], lmx["tokens"]))
     print(f"greedy tokens equal to transformers': {same}/{min(len(hf['tokens']), len(lmx['tokens']))}")
-    result = {"context": args.context, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
-              "command": "python bench/bench_engine.py " + " ".join(sys.argv[1:]),
-              "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-              "sides": sides, "ratio_lmx_over": ratios}
+    result = {
+        "context": args.context,
+        "decode_tokens": args.decode_tokens,
+        "dtype": args.dtype,
+        "command": "python bench/bench_engine.py " + " ".join(sys.argv[1:]),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "sides": sides,
+        "ratio_lmx_over": ratios,
+    }
     path = Path(args.json or Path(__file__).resolve().parent / "results" / f"engine-{args.context}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))

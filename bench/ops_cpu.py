@@ -104,8 +104,15 @@ def bench_attention(case: Case, rounds: int) -> dict:
     else:
         kv_bytes = 2 * L * hkv * d * k.element_size()
         metric = {"lmx_gbps": kv_bytes / lmx_s / 1e9, "sdpa_gbps": kv_bytes / sdpa_s / 1e9}
-    return {**asdict(case), "op": "paged_attention", "lmx_ms": lmx_s * 1e3, "sdpa_ms": sdpa_s * 1e3,
-            "speedup_vs_sdpa": sdpa_s / lmx_s, **metric, "rounds": rounds}
+    return {
+        **asdict(case),
+        "op": "paged_attention",
+        "lmx_ms": lmx_s * 1e3,
+        "sdpa_ms": sdpa_s * 1e3,
+        "speedup_vs_sdpa": sdpa_s / lmx_s,
+        **metric,
+        "rounds": rounds,
+    }
 
 
 def bench_rope_and_cache(num_tokens: int, dtype_name: str, rounds: int) -> list[dict]:
@@ -139,9 +146,19 @@ def bench_rope_and_cache(num_tokens: int, dtype_name: str, rounds: int) -> list[
         op_s, copy_s = statistics.median(t_op), statistics.median(t_copy)
         bytes_moved = elements_moved * q.element_size()
         copy_bw = 2 * src.numel() * src.element_size() / copy_s  # a copy reads and writes
-        results.append({"op": name, "tokens": num_tokens, "dtype": dtype_name, "heads": f"{hq}/{hkv}/{d}",
-                        "op_ms": op_s * 1e3, "op_gbps": bytes_moved / op_s / 1e9, "copy_gbps": copy_bw / 1e9,
-                        "fraction_of_copy": (bytes_moved / op_s) / copy_bw, "rounds": rounds})
+        results.append(
+            {
+                "op": name,
+                "tokens": num_tokens,
+                "dtype": dtype_name,
+                "heads": f"{hq}/{hkv}/{d}",
+                "op_ms": op_s * 1e3,
+                "op_gbps": bytes_moved / op_s / 1e9,
+                "copy_gbps": copy_bw / 1e9,
+                "fraction_of_copy": (bytes_moved / op_s) / copy_bw,
+                "rounds": rounds,
+            }
+        )
     return results
 
 
@@ -154,10 +171,16 @@ def main() -> None:
     parser.add_argument("--prefill-only", action="store_true", help="attention prefill cases only")
     args = parser.parse_args()
 
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
-            platform.machine(), "lmx": ops.build_info()}
-    print(f"lmx CPU microbenchmarks — torch {info['torch']}, {info['threads']} threads, "
-          f"attention ISA {info['lmx']['cpu_attention_isa']}, BLAS {info['lmx']['cpu_blas']}")
+    info = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "lmx": ops.build_info(),
+    }
+    print(
+        f"lmx CPU microbenchmarks — torch {info['torch']}, {info['threads']} threads, "
+        f"attention ISA {info['lmx']['cpu_attention_isa']}, BLAS {info['lmx']['cpu_blas']}"
+    )
     attention = []
     header = f"{'op':<8}{'len':>7}{'heads':>11}{'dtype':>10}{'lmx ms':>11}{'sdpa ms':>11}{'lmx/sdpa speed':>16}  rate"
     print(header)
@@ -166,22 +189,38 @@ def main() -> None:
     for case in (c for c in cases if c.kind == "prefill" or not args.prefill_only):
         r = bench_attention(case, 1 if case.length > 4096 and case.kind == "prefill" else args.rounds)
         attention.append(r)
-        rate = (f"{r['lmx_gflops']:.0f} vs {r['sdpa_gflops']:.0f} GFLOP/s" if case.kind == "prefill"
-                else f"{r['lmx_gbps']:.1f} vs {r['sdpa_gbps']:.1f} GB/s of K/V")
+        rate = (
+            f"{r['lmx_gflops']:.0f} vs {r['sdpa_gflops']:.0f} GFLOP/s"
+            if case.kind == "prefill"
+            else f"{r['lmx_gbps']:.1f} vs {r['sdpa_gbps']:.1f} GB/s of K/V"
+        )
         heads = f"{case.num_q_heads}/{case.num_kv_heads}/{case.head_dim}"
-        print(f"{case.kind:<8}{case.length:>7}{heads:>11}{case.dtype:>10}{r['lmx_ms']:>11.2f}{r['sdpa_ms']:>11.2f}"
-              f"{r['speedup_vs_sdpa']:>15.2f}x  {rate}", flush=True)
+        print(
+            f"{case.kind:<8}{case.length:>7}{heads:>11}{case.dtype:>10}{r['lmx_ms']:>11.2f}{r['sdpa_ms']:>11.2f}"
+            f"{r['speedup_vs_sdpa']:>15.2f}x  {rate}",
+            flush=True,
+        )
     rope = []
     print()
     for dtype in () if args.prefill_only else ("bfloat16", "float32"):
         for r in bench_rope_and_cache(4096, dtype, args.rounds):
             rope.append(r)
-            print(f"{r['op']:<28}{r['tokens']:>6} tok {r['heads']:>10} {dtype:>9}  {r['op_ms']:7.2f} ms  "
-                  f"{r['op_gbps']:6.1f} GB/s = {r['fraction_of_copy']:.2f} x copy ({r['copy_gbps']:.1f} GB/s)")
+            print(
+                f"{r['op']:<28}{r['tokens']:>6} tok {r['heads']:>10} {dtype:>9}  {r['op_ms']:7.2f} ms  "
+                f"{r['op_gbps']:6.1f} GB/s = {r['fraction_of_copy']:.2f} x copy ({r['copy_gbps']:.1f} GB/s)"
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "command": "python bench/ops_cpu.py " + " ".join(sys.argv[1:]),
-                       "attention": attention, "rope_and_cache": rope}, f, indent=1)
+            json.dump(
+                {
+                    "info": info,
+                    "command": "python bench/ops_cpu.py " + " ".join(sys.argv[1:]),
+                    "attention": attention,
+                    "rope_and_cache": rope,
+                },
+                f,
+                indent=1,
+            )
         print(f"\nwrote {args.json}")
 
 

@@ -26,8 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn::_linear_pointwise",
-            "aten::_mkldnn_linear"}
+GEMM_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::matmul",
+    "aten::linear",
+    "mkldnn::_linear_pointwise",
+    "aten::_mkldnn_linear",
+}
 ROWS = (
     ("attention", "paged attention kernel (tiles, softmax, K/V staging)"),
     ("rope_cache", "RoPE + KV-cache write (fused op)"),
@@ -106,9 +113,14 @@ def profile(context: int, chunk: int | None, dtype: str, threads: int | None) ->
         totals[_category(evt)] += evt.self_cpu_time_total
     totals["python"] = max(0.0, wall_us - sum(totals.values()))
     return {
-        "context": context, "chunk": chunk, "dtype": str(runner.kv_cache.dtype).replace("torch.", ""),
-        "threads": torch.get_num_threads(), "steps": len(step_s), "wall_s": wall_us / 1e6,
-        "prefill_tok_s": context / (wall_us / 1e6), "us": dict(totals),
+        "context": context,
+        "chunk": chunk,
+        "dtype": str(runner.kv_cache.dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+        "steps": len(step_s),
+        "wall_s": wall_us / 1e6,
+        "prefill_tok_s": context / (wall_us / 1e6),
+        "us": dict(totals),
     }
 
 
@@ -136,8 +148,10 @@ def compare_chunks(context: int, chunks: list[int], dtype: str, rounds: int) -> 
 
 
 def print_table(r: dict) -> None:
-    print(f"SmolLM2-135M prefill of {r['context']} tokens, {r['dtype']}, chunk {r['chunk']} ({r['steps']} steps), "
-          f"{r['threads']} threads: {r['wall_s']:.2f} s, {r['prefill_tok_s']:.0f} tok/s")
+    print(
+        f"SmolLM2-135M prefill of {r['context']} tokens, {r['dtype']}, chunk {r['chunk']} ({r['steps']} steps), "
+        f"{r['threads']} threads: {r['wall_s']:.2f} s, {r['prefill_tok_s']:.0f} tok/s"
+    )
     print(f"{'where':<56}{'s':>8}{'share':>8}")
     for key, label in ROWS:
         us = r["us"].get(key, 0.0)
@@ -151,13 +165,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
-    parser.add_argument("--compare-chunks", default=None, help="e.g. 1024,2048,8192: prefill tok/s per chunk, "
-                        "alternating, instead of the profile")
+    parser.add_argument(
+        "--compare-chunks",
+        default=None,
+        help="e.g. 1024,2048,8192: prefill tok/s per chunk, alternating, instead of the profile",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     if args.compare_chunks:
-        rates = compare_chunks(args.context, [int(c) for c in args.compare_chunks.split(",")], args.dtype,
-                               args.rounds)
+        rates = compare_chunks(args.context, [int(c) for c in args.compare_chunks.split(",")], args.dtype, args.rounds)
         print(f"prefill of {args.context} tokens, {args.dtype}: tok/s per round")
         for chunk, r in rates.items():
             print(f"chunk {chunk:>6}: " + " ".join(f"{x:7.1f}" for x in r) + f"   median {sorted(r)[len(r) // 2]:.1f}")

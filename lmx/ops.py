@@ -40,8 +40,8 @@ def rope_param_fields() -> tuple[str, ...]:
 
 
 def build_info() -> dict:
-    """What the extension was built with: ``{"cuda": bool, "torch": str, "cpu_attention_isa": "avx2" or
-    "baseline", "cpu_blas": bool}``."""
+    """What the extension was built with and chose on this CPU: ``{"cuda": bool, "torch": str,
+    "cpu_attention_isa": "avx512_bf16" | "avx512" | "avx2" | "baseline", "cpu_blas": bool}``."""
     return dict(_C.build_info())
 
 

@@ -27,9 +27,17 @@ def _check(query, k_cache, v_cache, block_tables, seq_lens, cu, **kwargs):
     out = ops.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
     assert out.dtype == query.dtype and out.shape == query.shape
     exact = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
-    same_dtype = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale,
-                                           compute_dtype=torch.float32 if query.dtype == torch.float32 else query.dtype,
-                                           **kwargs)
+    same_dtype = reference.paged_attention(
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        cu,
+        scale,
+        compute_dtype=torch.float32 if query.dtype == torch.float32 else query.dtype,
+        **kwargs,
+    )
     err = (out.double() - exact).abs().max().item()
     pt_err = (same_dtype.double() - exact).abs().max().item()
     # A 16-bit output is rounded to its dtype at least once: allow its half-ulp at |out| <= 4.
@@ -98,12 +106,20 @@ def test_decode_batch_of_many_lengths():
 def test_chunked_prefill_equals_one_prefill():
     """A prompt attended in chunks gives what one prefill gives, row for row."""
     q, kc, vc, bt, _, _ = make_paged_batch([200], [200], 4, 2, 64, 16, torch.float32)
-    scale = 64 ** -0.5
-    whole = ops.paged_attention(q, kc, vc, bt, torch.tensor([200], dtype=torch.int32),
-                                torch.tensor([0, 200], dtype=torch.int32), scale)
+    scale = 64**-0.5
+    whole = ops.paged_attention(
+        q, kc, vc, bt, torch.tensor([200], dtype=torch.int32), torch.tensor([0, 200], dtype=torch.int32), scale
+    )
     for start, end in [(0, 64), (64, 65), (65, 200)]:
-        part = ops.paged_attention(q[start:end].contiguous(), kc, vc, bt, torch.tensor([end], dtype=torch.int32),
-                                   torch.tensor([0, end - start], dtype=torch.int32), scale)
+        part = ops.paged_attention(
+            q[start:end].contiguous(),
+            kc,
+            vc,
+            bt,
+            torch.tensor([end], dtype=torch.int32),
+            torch.tensor([0, end - start], dtype=torch.int32),
+            scale,
+        )
         torch.testing.assert_close(part, whole[start:end], atol=2e-6, rtol=1e-5)
 
 
@@ -123,9 +139,18 @@ def test_strided_query_and_out():
     assert (out[:, :2] == 0).all() and (out[:, 6:] == 0).all()
 
 
-@pytest.mark.parametrize("env", [{"LMX_NO_BLAS": "1"}, {"LMX_CPU_ISA": "baseline"},
-                                 {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "baseline"}, {"LMX_CPU_ISA": "avx2"},
-                                 {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "avx2"}, {"LMX_CPU_ISA": "avx512"}], ids=str)
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LMX_NO_BLAS": "1"},
+        {"LMX_CPU_ISA": "baseline"},
+        {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "baseline"},
+        {"LMX_CPU_ISA": "avx2"},
+        {"LMX_NO_BLAS": "1", "LMX_CPU_ISA": "avx2"},
+        {"LMX_CPU_ISA": "avx512"},
+    ],
+    ids=str,
+)
 def test_other_code_paths(env):
     """The portable loops, the baseline-ISA build, the AVX2 build without its AVX-512 tiles (BLAS tiles, or the
     direct kernels without BLAS) and the fp32 AVX-512 tiles for bf16 give the same answers (the switches are read
@@ -147,8 +172,12 @@ def test_other_code_paths(env):
         "        ref = reference.paged_attention(*b, 96 ** -0.5, **kw)\n"
         "        assert (out.double() - ref).abs().max() < tol, (dtype, kw, (out.double() - ref).abs().max())\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, **env),
-                   cwd=os.path.dirname(os.path.dirname(__file__)))
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        env=dict(os.environ, **env),
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
 
 
 def test_works_under_torch_compile():

@@ -8,7 +8,7 @@ regroups the rows into lmx's ``q | k | v`` layout.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -10,14 +10,14 @@ import dataclasses
 import numbers
 import operator
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from lmx import ops
 from lmx.rope import RopeConfig
-
 
 # The head sizes the paged-attention kernels are compiled for (kHeadDims in csrc/checks.h; a test keeps the two
 # equal), checked when a model's config is read so a bad model fails at load time, not at its first request.
@@ -52,7 +52,7 @@ class ModelConfig:
         rope_scaling_factor: float | None = None,
         rope_scaling: Mapping[str, Any] | None = None,
         attention_bias: bool | None = None,
-    ) -> "ModelConfig":
+    ) -> ModelConfig:
         def need(key: str) -> Any:
             if config.get(key) is None:
                 raise ValueError(f"config: {architecture} needs the field {key!r}, which is missing")
@@ -76,8 +76,7 @@ class ModelConfig:
         num_kv_heads = positive("num_key_value_heads", config.get("num_key_value_heads") or num_heads)
         if num_heads % num_kv_heads:
             raise ValueError(
-                f"config: num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads "
-                f"({num_kv_heads})"
+                f"config: num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})"
             )
         head_dim = positive("head_dim", config.get("head_dim") or hidden_size // num_heads)
         if head_dim not in SUPPORTED_HEAD_DIMS:
@@ -188,12 +187,7 @@ def all_threads():
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     with all_threads():
-        if (
-            _WIDEN_BF16
-            and x.dtype == torch.bfloat16
-            and x.device.type == "cpu"
-            and x.shape[0] >= _WIDEN_BF16_MIN_ROWS
-        ):
+        if _WIDEN_BF16 and x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.shape[0] >= _WIDEN_BF16_MIN_ROWS:
             b = None if bias is None else bias.float()
             return F.linear(x.float(), weight.float(), b).to(x.dtype)
         return F.linear(x, weight, bias)
@@ -227,4 +221,3 @@ def paged_self_attention(
             sliding_window=cfg.sliding_window,
         )  # fmt: skip
     return out.view(T, cfg.num_heads * D)
-

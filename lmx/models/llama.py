@@ -7,7 +7,7 @@ runs four matmuls. ``load_weights`` takes ``(name, tensor)`` pairs in Hugging Fa
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -20,15 +20,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        H, D, I = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+        H, D, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
         qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * D
         self.input_norm = nn.Parameter(torch.empty(H))
         self.qkv = nn.Parameter(torch.empty(qkv_rows, H))
         self.qkv_bias = nn.Parameter(torch.empty(qkv_rows)) if cfg.attention_bias else None
         self.o_proj = nn.Parameter(torch.empty(H, cfg.num_heads * D))
         self.post_norm = nn.Parameter(torch.empty(H))
-        self.gate_up = nn.Parameter(torch.empty(2 * I, H))
-        self.down = nn.Parameter(torch.empty(H, I))
+        self.gate_up = nn.Parameter(torch.empty(2 * inter, H))
+        self.down = nn.Parameter(torch.empty(H, inter))
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, k_cache: torch.Tensor, v_cache: torch.Tensor):
         eps = self.cfg.rms_norm_eps
@@ -66,7 +66,9 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
         """``input_ids [T]`` -> final-normed hidden states ``[T, hidden_size]``."""
-        with kernel_threads(input_ids.device, input_ids.shape[0]):  # element-wise work on one thread, GEMMs and attention on all
+        with kernel_threads(
+            input_ids.device, input_ids.shape[0]
+        ):  # element-wise work on one thread, GEMMs and attention on all
             x = F.embedding(input_ids, self.embed)
             for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
                 x = layer(x, ctx, k_cache, v_cache)
