@@ -14,7 +14,7 @@ import torch
 
 from lmx import ops, reference
 
-from .helpers import make_paged_batch
+from .helpers import check_attention, make_paged_batch
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HEAD_DIMS = [64, 80, 96, 128, 256]
@@ -25,25 +25,7 @@ BLOCK_SIZES = [1, 16, 256]
 def _check(query, k_cache, v_cache, block_tables, seq_lens, cu, **kwargs):
     scale = query.shape[-1] ** -0.5
     out = ops.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
-    assert out.dtype == query.dtype and out.shape == query.shape
-    exact = reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
-    same_dtype = reference.paged_attention(
-        query,
-        k_cache,
-        v_cache,
-        block_tables,
-        seq_lens,
-        cu,
-        scale,
-        compute_dtype=torch.float32 if query.dtype == torch.float32 else query.dtype,
-        **kwargs,
-    )
-    err = (out.double() - exact).abs().max().item()
-    pt_err = (same_dtype.double() - exact).abs().max().item()
-    # A 16-bit output is rounded to its dtype at least once: allow its half-ulp at |out| <= 4.
-    floor = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[query.dtype]
-    assert err <= 2 * pt_err + floor, f"error {err:.3g} vs PyTorch same-dtype error {pt_err:.3g}"
-    assert torch.isfinite(out).all()
+    check_attention(out, query, k_cache, v_cache, block_tables, seq_lens, cu, scale, **kwargs)
     return out
 
 

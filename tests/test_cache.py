@@ -6,20 +6,11 @@ import torch
 from lmx import ops, reference
 from lmx.rope import RopeConfig
 
+from .helpers import nan_caches, random_slots
+
 BLOCK_SIZES = [1, 16, 256]
 HEAD_DIMS = [64, 80, 96, 128, 256]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def _caches(num_blocks, block_size, num_kv_heads, head_dim, dtype):
-    k = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype)
-    return k, k.clone()
-
-
-def _slots(T, num_blocks, block_size, skip_every=5):
-    slots = torch.randperm(num_blocks * block_size)[:T]
-    slots[::skip_every] = -1  # padding tokens
-    return slots
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
@@ -29,8 +20,8 @@ def test_reshape_and_cache(block_size, head_dim, dtype):
     T, Hkv, num_blocks = 37, 2, max(2, 64 // block_size + 1)
     key = torch.randn(T, Hkv, head_dim, dtype=dtype)
     value = torch.randn(T, Hkv, head_dim, dtype=dtype)
-    slots = _slots(T, num_blocks, block_size)
-    k_ref, v_ref = _caches(num_blocks, block_size, Hkv, head_dim, dtype)
+    slots = random_slots(T, num_blocks, block_size)
+    k_ref, v_ref = nan_caches(num_blocks, block_size, Hkv, head_dim, dtype)
     k_cache, v_cache = k_ref.clone(), v_ref.clone()
     reference.reshape_and_cache(key, value, k_ref, v_ref, slots)
     ops.reshape_and_cache(key, value, k_cache, v_cache, slots)
@@ -49,7 +40,7 @@ def test_reshape_and_cache(block_size, head_dim, dtype):
 )
 def test_reshape_and_cache_converts(in_dtype, cache_dtype):
     key = torch.randn(9, 3, 64, dtype=in_dtype)
-    k_cache, v_cache = _caches(4, 16, 3, 64, cache_dtype)
+    k_cache, v_cache = nan_caches(4, 16, 3, 64, cache_dtype)
     slots = torch.arange(9) * 3
     ops.reshape_and_cache(key, key, k_cache, v_cache, slots)
     flat = k_cache.view(-1, 3, 64)
@@ -61,7 +52,7 @@ def test_reshape_and_cache_reads_strided_views():
     qkv = torch.randn(T, (Hq + 2 * Hkv) * D)
     key = qkv[:, Hq * D : (Hq + Hkv) * D].view(T, Hkv, D)
     value = qkv[:, (Hq + Hkv) * D :].view(T, Hkv, D)
-    k_cache, v_cache = _caches(2, 16, Hkv, D, torch.float32)
+    k_cache, v_cache = nan_caches(2, 16, Hkv, D, torch.float32)
     ops.reshape_and_cache(key, value, k_cache, v_cache, torch.arange(T))
     assert torch.equal(k_cache.view(-1, Hkv, D)[:T], key)
     assert torch.equal(v_cache.view(-1, Hkv, D)[:T], value)
@@ -77,12 +68,12 @@ def test_fused_rotary_and_cache(block_size, scaling, dtype):
     )
     num_blocks = max(2, 64 // block_size + 1)
     q, k, v = (torch.randn(T, h, D, dtype=dtype) for h in (Hq, Hkv, Hkv))
-    slots = _slots(T, num_blocks, block_size)
+    slots = random_slots(T, num_blocks, block_size)
     cu = torch.tensor([0, 10, 29], dtype=torch.int32)
     positions = torch.cat([torch.arange(10), torch.arange(100, 119)])
     kwargs = dict(cu_seqlens=cu, rope_seq_lens=torch.tensor([10, 200]))
     q_ref, k_ref = q.clone(), k.clone()
-    kc_ref, vc_ref = _caches(num_blocks, block_size, Hkv, D, dtype)
+    kc_ref, vc_ref = nan_caches(num_blocks, block_size, Hkv, D, dtype)
     kc, vc = kc_ref.clone(), vc_ref.clone()
     reference.rotary_embedding_and_cache(q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, **kwargs)
     ops.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, **kwargs)

@@ -8,65 +8,34 @@ import torch
 from lmx import _C, ops, reference
 from lmx.rope import RopeConfig
 
+from .helpers import ROPE_MAX_POS, ROPE_SCALINGS, check_rotary, make_rope
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HEAD_DIMS = [64, 80, 96, 128, 256]
 GQA_RATIOS = [1, 4, 8]
-SCALINGS = {
-    "default": dict(),
-    "linear": dict(factor=4.0),
-    "dynamic": dict(factor=2.0),
-    "yarn": dict(factor=4.0, original_max_position_embeddings=256),
-    "llama3": dict(factor=8.0, original_max_position_embeddings=256, low_freq_factor=1.0, high_freq_factor=4.0),
-}
-MAX_POS = 256
-
-
-def _rope(head_dim, scaling, **kw):
-    return RopeConfig(
-        rotary_dim=kw.pop("rotary_dim", head_dim),
-        base=kw.pop("base", 10000.0),
-        scaling_type=scaling,
-        max_position_embeddings=MAX_POS,
-        **SCALINGS[scaling],
-        **kw,
-    )
-
-
-def _tol(dtype):
-    """One ulp of the dtype (both sides round the fp32 rotation once; they may land on adjacent values)."""
-    return {
-        torch.float32: dict(atol=1e-5, rtol=1e-5),
-        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-        torch.float16: dict(atol=2e-3, rtol=2e-3),
-    }[dtype]
 
 
 def _check(rope, q, k, positions, **kwargs):
-    q_ref, k_ref = q.clone(), None if k is None else k.clone()
-    reference.rotary_embedding(q_ref, k_ref, positions, rope, **kwargs)
-    ops.rotary_embedding(q, k, positions, rope, **kwargs)
-    torch.testing.assert_close(q, q_ref, **_tol(q.dtype))
-    if k is not None:
-        torch.testing.assert_close(k, k_ref, **_tol(k.dtype))
+    check_rotary(ops.rotary_embedding, rope, q, k, positions, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
-@pytest.mark.parametrize("scaling", list(SCALINGS))
+@pytest.mark.parametrize("scaling", list(ROPE_SCALINGS))
 @pytest.mark.parametrize("is_neox", [True, False])
 def test_matches_reference(dtype, head_dim, scaling, is_neox):
     T, num_kv_heads = 40, 2
-    rope = _rope(head_dim, scaling, is_neox=is_neox)
+    rope = make_rope(head_dim, scaling, is_neox=is_neox)
     q = torch.randn(T, num_kv_heads * 4, head_dim, dtype=dtype)
     k = torch.randn(T, num_kv_heads, head_dim, dtype=dtype)
-    positions = torch.randint(0, 4 * MAX_POS, (T,))
+    positions = torch.randint(0, 4 * ROPE_MAX_POS, (T,))
     _check(rope, q, k, positions)
 
 
 @pytest.mark.parametrize("rotary_dim", [16, 32])
 @pytest.mark.parametrize("is_neox", [True, False])
 def test_partial_rotary_leaves_the_rest(rotary_dim, is_neox):
-    rope = _rope(64, "default", rotary_dim=rotary_dim, is_neox=is_neox)
+    rope = make_rope(64, "default", rotary_dim=rotary_dim, is_neox=is_neox)
     q = torch.randn(9, 4, 64)
     q0 = q.clone()
     _check(rope, q, None, torch.arange(9) * 7)
@@ -76,7 +45,7 @@ def test_partial_rotary_leaves_the_rest(rotary_dim, is_neox):
 @pytest.mark.parametrize("precise", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_positions_past_two_million(precise, dtype):
-    rope = _rope(128, "default", base=500000.0)
+    rope = make_rope(128, "default", base=500000.0)
     positions = torch.tensor([0, 1, 2**20, 2**20 + 1, 2**21 - 1, 2**21, 3_000_017, 2**24 + 3])
     q = torch.randn(len(positions), 8, 128, dtype=dtype)
     k = torch.randn(len(positions), 2, 128, dtype=dtype)
@@ -85,7 +54,7 @@ def test_positions_past_two_million(precise, dtype):
 
 def test_precise_mode_is_exact_where_fp32_is_not():
     # fp32 pos * inv_freq at 2^21 is off by up to ulp(2^21)/2 = 0.125 rad; precise mode must track float64.
-    rope = _rope(64, "default")
+    rope = make_rope(64, "default")
     pos = torch.tensor([2**21 + 1])
     x = torch.zeros(1, 1, 64)
     x[..., :32] = 1.0  # (1, 0) pairs: after rotation they hold (cos, sin) of each angle
@@ -101,7 +70,7 @@ def test_precise_mode_is_exact_where_fp32_is_not():
 @pytest.mark.parametrize("gqa", GQA_RATIOS)
 def test_dynamic_base_is_per_sequence(gqa):
     """Three packed sequences; each rotates with its own dynamic-NTK base, independent of its neighbours."""
-    rope = _rope(64, "dynamic")
+    rope = make_rope(64, "dynamic")
     lens = [5, 700, 300]  # below, well past and a bit past max_position_embeddings (256)
     cu = torch.tensor([0, 5, 705, 1005], dtype=torch.int32)
     positions = torch.cat([torch.arange(n) for n in lens])
@@ -123,10 +92,10 @@ def test_dynamic_base_is_per_sequence(gqa):
 
 
 def test_dynamic_base_formula():
-    rope = _rope(64, "dynamic")
-    assert rope.dynamic_base(MAX_POS) == rope.base
-    L = 4 * MAX_POS
-    expected = 10000.0 * ((2.0 * L / MAX_POS) - 1.0) ** (64 / 62)
+    rope = make_rope(64, "dynamic")
+    assert rope.dynamic_base(ROPE_MAX_POS) == rope.base
+    L = 4 * ROPE_MAX_POS
+    expected = 10000.0 * ((2.0 * L / ROPE_MAX_POS) - 1.0) ** (64 / 62)
     assert math.isclose(rope.dynamic_base(L), expected, rel_tol=1e-15)
 
 
@@ -136,7 +105,7 @@ def test_key_strides_of_a_fused_qkv_slice():
     qkv = torch.randn(T, (Hq + 2 * Hkv) * D)
     q = qkv[:, : Hq * D].view(T, Hq, D)
     k = qkv[:, Hq * D : (Hq + Hkv) * D].view(T, Hkv, D)
-    rope = _rope(D, "default")
+    rope = make_rope(D, "default")
     q_ref, k_ref = q.clone(), k.clone()
     reference.rotary_embedding(q_ref, k_ref, torch.arange(T), rope)
     ops.rotary_embedding(q, k, torch.arange(T), rope)
@@ -152,11 +121,11 @@ HF_PARAMS = {
     "default": {"rope_type": "default"},
     "linear": {"rope_type": "linear", "factor": 4.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": MAX_POS},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ROPE_MAX_POS},
     "llama3": {
         "rope_type": "llama3",
         "factor": 8.0,
-        "original_max_position_embeddings": MAX_POS,
+        "original_max_position_embeddings": ROPE_MAX_POS,
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
     },
@@ -171,7 +140,7 @@ def _hf_rotary(scaling, head_dim=64, theta=10000.0, legacy=False):
         hidden_size=head_dim * 4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=MAX_POS,
+        max_position_embeddings=ROPE_MAX_POS,
         head_dim=head_dim,
     )
     params = dict(HF_PARAMS[scaling], rope_theta=theta)
@@ -188,7 +157,7 @@ def test_matches_transformers(scaling, length_factor, legacy):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     hf, rope = _hf_rotary(scaling, legacy=legacy)
-    L = int(MAX_POS * length_factor)
+    L = int(ROPE_MAX_POS * length_factor)
     q = torch.randn(L, 4, 64)
     k = torch.randn(L, 2, 64)
     position_ids = torch.arange(L)[None]
@@ -210,10 +179,10 @@ def test_dynamic_decode_matches_transformers_step_by_step():
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     hf, rope = _hf_rotary("dynamic")
-    L = MAX_POS + 10
+    L = ROPE_MAX_POS + 10
     x = torch.randn(1, 1, 64)
     hf(x, torch.arange(L)[None])  # prefill grows the cached base to base'(L)
-    for p in [L, L + 1, 2 * MAX_POS, 3 * MAX_POS + 7]:
+    for p in [L, L + 1, 2 * ROPE_MAX_POS, 3 * ROPE_MAX_POS + 7]:
         cos, sin = hf(x, torch.tensor([[p]]))
         q_hf, _ = apply_rotary_pos_emb(x.transpose(0, 1)[None], x.transpose(0, 1)[None], cos, sin)
         q = x.clone()
@@ -230,12 +199,12 @@ def test_rope_param_fields_match_cpp():
     """RopeConfig names every value the C++ reads, and packs them in the C++ order (lmx._C.rope_param_fields)."""
     fields = ops.rope_param_fields()
     assert fields == _C.rope_param_fields()
-    for scaling in SCALINGS:
-        rope = _rope(64, scaling, base=500000.0)
+    for scaling in ROPE_SCALINGS:
+        rope = make_rope(64, scaling, base=500000.0)
         values = rope.param_values()
         assert sorted(values) == sorted(fields) and len(fields) == len(set(fields))
         assert rope.packed == [values[name] for name in fields]
-    packed = dict(zip(fields, _rope(64, "yarn", beta_fast=16.0).packed))
+    packed = dict(zip(fields, make_rope(64, "yarn", beta_fast=16.0).packed))
     assert packed["base"] == 10000.0 and packed["beta_fast"] == 16.0 and packed["scaling_type"] == 3.0
     assert packed["original_max_position_embeddings"] == 256.0
 
@@ -243,12 +212,12 @@ def test_rope_param_fields_match_cpp():
 @pytest.mark.parametrize("scaling", ["default", "dynamic"])
 def test_rope_seq_len_runs(scaling):
     """Each run of tokens shares one base, and every token gets the base of its hf-mode length (DESIGN §3)."""
-    rope = _rope(64, scaling)
+    rope = make_rope(64, scaling)
     rng = torch.Generator().manual_seed(1)
     for _ in range(200):
-        prompt_len = int(torch.randint(1, 3 * MAX_POS, (1,), generator=rng))
-        start = int(torch.randint(0, prompt_len + 2 * MAX_POS, (1,), generator=rng))
-        end = start + int(torch.randint(1, 2 * MAX_POS, (1,), generator=rng))
+        prompt_len = int(torch.randint(1, 3 * ROPE_MAX_POS, (1,), generator=rng))
+        start = int(torch.randint(0, prompt_len + 2 * ROPE_MAX_POS, (1,), generator=rng))
+        end = start + int(torch.randint(1, 2 * ROPE_MAX_POS, (1,), generator=rng))
         runs = rope.rope_seq_len_runs(prompt_len, start, end)
         assert sum(n for n, _ in runs) == end - start and all(n > 0 for n, _ in runs)
         bases = [rope.dynamic_base(seq_len) for n, seq_len in runs for _ in range(n)]
@@ -258,7 +227,7 @@ def test_rope_seq_len_runs(scaling):
     assert rope.rope_seq_len_runs(10, 12, 13) == [(1, 13)]  # decode at position 12
     if scaling == "default":
         assert rope.rope_seq_len_runs(10, 5, 400) == [(395, 10)]  # one base throughout
-        assert not rope.base_depends_on_length and rope.context_len == MAX_POS
+        assert not rope.base_depends_on_length and rope.context_len == ROPE_MAX_POS
     else:
         assert rope.rope_seq_len_runs(300, 250, 303) == [(50, 300), (1, 301), (1, 302), (1, 303)]
-        assert rope.base_depends_on_length and rope.context_len == 2 * MAX_POS
+        assert rope.base_depends_on_length and rope.context_len == 2 * ROPE_MAX_POS

@@ -6,6 +6,7 @@ import torch
 from lmx import reference
 from lmx.rope import RopeConfig
 
+from ..helpers import nan_caches, random_slots
 from . import emu
 
 BLOCK_SIZES = [1, 16, 256]
@@ -23,17 +24,6 @@ PAIRS = [
 @pytest.fixture(autouse=True, scope="module")
 def _module():
     emu.module()
-
-
-def _caches(num_blocks, block_size, num_kv_heads, head_dim, dtype):
-    k = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype)
-    return k, k.clone()
-
-
-def _slots(T, num_blocks, block_size, skip_every=5):
-    slots = torch.randperm(num_blocks * block_size)[:T]
-    slots[::skip_every] = -1  # padding tokens
-    return slots
 
 
 def _same(a, b):
@@ -59,8 +49,8 @@ def test_reshape_and_cache(block_size, head_dim, dtype, sched):
     T, Hkv, num_blocks = 37, 2, max(2, 64 // block_size + 1)
     key = torch.randn(T, Hkv, head_dim, dtype=dtype)
     value = torch.randn(T, Hkv, head_dim, dtype=dtype)
-    slots = _slots(T, num_blocks, block_size)
-    k_ref, v_ref = _caches(num_blocks, block_size, Hkv, head_dim, dtype)
+    slots = random_slots(T, num_blocks, block_size)
+    k_ref, v_ref = nan_caches(num_blocks, block_size, Hkv, head_dim, dtype)
     k_cache, v_cache = k_ref.clone(), v_ref.clone()
     reference.reshape_and_cache(key, value, k_ref, v_ref, slots)
     with emu.schedule(*sched):
@@ -71,7 +61,7 @@ def test_reshape_and_cache(block_size, head_dim, dtype, sched):
 @pytest.mark.parametrize("in_dtype,cache_dtype", PAIRS)
 def test_reshape_and_cache_converts(in_dtype, cache_dtype):
     key, value = torch.randn(9, 3, 64, dtype=in_dtype), torch.randn(9, 3, 64, dtype=in_dtype)
-    k_ref, v_ref = _caches(4, 16, 3, 64, cache_dtype)
+    k_ref, v_ref = nan_caches(4, 16, 3, 64, cache_dtype)
     k_cache, v_cache = k_ref.clone(), v_ref.clone()
     slots = torch.arange(9) * 3
     reference.reshape_and_cache(key, value, k_ref, v_ref, slots)
@@ -82,7 +72,7 @@ def test_reshape_and_cache_converts(in_dtype, cache_dtype):
 
 def test_mismatched_dtypes_are_refused():
     key = torch.randn(2, 1, 64, dtype=torch.bfloat16)
-    k_cache, v_cache = _caches(1, 16, 1, 64, torch.float16)
+    k_cache, v_cache = nan_caches(1, 16, 1, 64, torch.float16)
     with pytest.raises(TypeError, match="lmx.reshape_and_cache: k_cache"):
         emu.reshape_and_cache(key, key, k_cache, v_cache, torch.arange(2))
 
@@ -92,7 +82,7 @@ def test_reshape_and_cache_reads_strided_views():
     qkv = torch.randn(T, (Hq + 2 * Hkv) * D)
     key = qkv[:, Hq * D : (Hq + Hkv) * D].view(T, Hkv, D)
     value = qkv[:, (Hq + Hkv) * D :].view(T, Hkv, D)
-    k_cache, v_cache = _caches(2, 16, Hkv, D, torch.float32)
+    k_cache, v_cache = nan_caches(2, 16, Hkv, D, torch.float32)
     emu.reshape_and_cache(key, value, k_cache, v_cache, torch.arange(T))
     assert torch.equal(k_cache.view(-1, Hkv, D)[:T], key)
     assert torch.equal(v_cache.view(-1, Hkv, D)[:T], value)
@@ -127,12 +117,12 @@ def test_fused_rotary_and_cache(block_size, scaling, dtype, rotary, sched):
     rope = RopeConfig(rotary_dim=rotary_dim, scaling_type=scaling, max_position_embeddings=8, is_neox=is_neox, **kw)
     num_blocks = max(2, 64 // block_size + 1)
     q, k, v = (torch.randn(T, h, D, dtype=dtype) for h in (Hq, Hkv, Hkv))
-    slots = _slots(T, num_blocks, block_size)
+    slots = random_slots(T, num_blocks, block_size)
     cu = torch.tensor([0, 10, 29], dtype=torch.int32)
     positions = torch.cat([torch.arange(10), torch.arange(100, 119)])
     kwargs = dict(cu_seqlens=cu, rope_seq_lens=torch.tensor([10, 200]))
     q_ref, k_ref = q.clone(), k.clone()
-    kc_ref, vc_ref = _caches(num_blocks, block_size, Hkv, D, dtype)
+    kc_ref, vc_ref = nan_caches(num_blocks, block_size, Hkv, D, dtype)
     kc, vc = kc_ref.clone(), vc_ref.clone()
     reference.rotary_embedding_and_cache(q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, **kwargs)
     with emu.schedule(*sched):

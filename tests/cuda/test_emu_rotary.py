@@ -7,20 +7,12 @@ import pytest
 import torch
 
 from lmx import reference
-from lmx.rope import RopeConfig
 
+from ..helpers import ROPE_MAX_POS, ROPE_SCALINGS, check_rotary, make_rope, rope_tol
 from . import emu
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HEAD_DIMS = [16, 32, 64, 80, 96, 112, 128, 160, 192, 256]
-SCALINGS = {
-    "default": dict(),
-    "linear": dict(factor=4.0),
-    "dynamic": dict(factor=2.0),
-    "yarn": dict(factor=4.0, original_max_position_embeddings=256),
-    "llama3": dict(factor=8.0, original_max_position_embeddings=256, low_freq_factor=1.0, high_freq_factor=4.0),
-}
-MAX_POS = 256
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,39 +20,14 @@ def _module():
     emu.module()
 
 
-def _rope(head_dim, scaling, **kw):
-    return RopeConfig(
-        rotary_dim=kw.pop("rotary_dim", head_dim),
-        base=kw.pop("base", 10000.0),
-        scaling_type=scaling,
-        max_position_embeddings=MAX_POS,
-        **SCALINGS[scaling],
-        **kw,
-    )
-
-
-def _tol(dtype):
-    # bf16 / fp16: the kernel rounds once; allow one ulp of the reference's own rounding.
-    return {
-        torch.float32: dict(atol=1e-5, rtol=1e-5),
-        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-        torch.float16: dict(atol=2e-3, rtol=2e-3),
-    }[dtype]
-
-
 def _check(rope, q, k, positions, **kwargs):
-    q_ref, k_ref = q.clone(), None if k is None else k.clone()
-    reference.rotary_embedding(q_ref, k_ref, positions, rope, **kwargs)
-    emu.rotary_embedding(q, k, positions, rope, **kwargs)
-    torch.testing.assert_close(q, q_ref, **_tol(q.dtype))
-    if k is not None:
-        torch.testing.assert_close(k, k_ref, **_tol(k.dtype))
+    check_rotary(emu.rotary_embedding, rope, q, k, positions, **kwargs)
 
 
 # Covered, not crossed (emu.cover): every dtype x scaling x layout, every dtype x head dim, every head dim x
 # scaling, every schedule x scaling and x dtype.
 GRID = emu.cover(
-    dict(dtype=DTYPES, head_dim=HEAD_DIMS, scaling=list(SCALINGS), is_neox=[True, False], sched=emu.SCHEDULES),
+    dict(dtype=DTYPES, head_dim=HEAD_DIMS, scaling=list(ROPE_SCALINGS), is_neox=[True, False], sched=emu.SCHEDULES),
     [
         ("dtype", "scaling", "is_neox"),
         ("dtype", "head_dim"),
@@ -75,10 +42,10 @@ GRID = emu.cover(
 @pytest.mark.parametrize("dtype,head_dim,scaling,is_neox,sched", GRID, ids=emu.ids(GRID))
 def test_matches_reference(dtype, head_dim, scaling, is_neox, sched):
     T, num_kv_heads = 40, 2
-    rope = _rope(head_dim, scaling, is_neox=is_neox)
+    rope = make_rope(head_dim, scaling, is_neox=is_neox)
     q = torch.randn(T, num_kv_heads * 4, head_dim, dtype=dtype)
     k = torch.randn(T, num_kv_heads, head_dim, dtype=dtype)
-    positions = torch.randint(0, 4 * MAX_POS, (T,))
+    positions = torch.randint(0, 4 * ROPE_MAX_POS, (T,))
     with emu.schedule(*sched):
         _check(rope, q, k, positions)
 
@@ -90,7 +57,7 @@ PARTIAL_CASES = emu.cover(
 
 @pytest.mark.parametrize("sched,rotary_dim,is_neox", PARTIAL_CASES, ids=emu.ids(PARTIAL_CASES))
 def test_partial_rotary_leaves_the_rest(sched, rotary_dim, is_neox):
-    rope = _rope(64, "default", rotary_dim=rotary_dim, is_neox=is_neox)
+    rope = make_rope(64, "default", rotary_dim=rotary_dim, is_neox=is_neox)
     q = torch.randn(9, 4, 64)
     q0 = q.clone()
     with emu.schedule(*sched):
@@ -101,7 +68,7 @@ def test_partial_rotary_leaves_the_rest(sched, rotary_dim, is_neox):
 @pytest.mark.parametrize("precise", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_positions_past_one_million(precise, dtype):
-    rope = _rope(128, "default", base=500000.0)
+    rope = make_rope(128, "default", base=500000.0)
     positions = torch.tensor([0, 1, 2**20, 2**20 + 1, 2**21 - 1, 2**21, 3_000_017, 2**24 + 3])
     q = torch.randn(len(positions), 8, 128, dtype=dtype)
     k = torch.randn(len(positions), 2, 128, dtype=dtype)
@@ -109,7 +76,7 @@ def test_positions_past_one_million(precise, dtype):
 
 
 def test_precise_mode_is_exact_where_fp32_is_not():
-    rope = _rope(64, "default")
+    rope = make_rope(64, "default")
     pos = torch.tensor([2**21 + 1])
     x = torch.zeros(1, 1, 64)
     x[..., :32] = 1.0  # (1, 0) pairs: after rotation they hold (cos, sin) of each angle
@@ -128,7 +95,7 @@ DYNAMIC_CASES = emu.cover(dict(sched=emu.SCHEDULES, gqa=[1, 4, 8]), [("sched",),
 def test_dynamic_base_is_per_sequence(sched, gqa):
     """Three packed sequences, each with its own dynamic-NTK base; without rope_seq_lens the kernel takes each
     sequence's max(position) + 1 (a block reduction over 700 positions)."""
-    rope = _rope(64, "dynamic")
+    rope = make_rope(64, "dynamic")
     lens = [5, 700, 300]
     cu = torch.tensor([0, 5, 705, 1005], dtype=torch.int32)
     positions = torch.cat([torch.arange(n) for n in lens])
@@ -148,17 +115,17 @@ def test_strided_query_and_key():
     q, k = qkv[:, :Hq], qkv[:, Hq : Hq + Hkv]
     v_before = qkv[:, Hq + Hkv :].clone()
     q_ref, k_ref = q.clone(), k.clone()
-    rope = _rope(D, "yarn")
+    rope = make_rope(D, "yarn")
     positions = torch.arange(T) * 13
     reference.rotary_embedding(q_ref, k_ref, positions, rope)
     emu.rotary_embedding(q, k, positions, rope)
-    torch.testing.assert_close(q, q_ref, **_tol(torch.float32))
-    torch.testing.assert_close(k, k_ref, **_tol(torch.float32))
+    torch.testing.assert_close(q, q_ref, **rope_tol(torch.float32))
+    torch.testing.assert_close(k, k_ref, **rope_tol(torch.float32))
     assert torch.equal(qkv[:, Hq + Hkv :], v_before)
 
 
 def test_bad_arguments_raise_the_ops_errors():
-    rope = _rope(64, "default")
+    rope = make_rope(64, "default")
     q = torch.randn(3, 4, 64)
     with pytest.raises(ValueError, match="lmx.rotary_embedding: positions"):
         emu.rotary_embedding(q, None, torch.tensor([0, -1, 2]), rope)
@@ -167,6 +134,6 @@ def test_bad_arguments_raise_the_ops_errors():
 
 
 def test_dynamic_base_formula_matches():
-    rope = _rope(64, "dynamic")
-    L = 4 * MAX_POS
-    assert math.isclose(rope.dynamic_base(L), 10000.0 * ((2.0 * L / MAX_POS) - 1.0) ** (64 / 62), rel_tol=1e-15)
+    rope = make_rope(64, "dynamic")
+    L = 4 * ROPE_MAX_POS
+    assert math.isclose(rope.dynamic_base(L), 10000.0 * ((2.0 * L / ROPE_MAX_POS) - 1.0) ** (64 / 62), rel_tol=1e-15)
