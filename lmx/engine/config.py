@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .errors import RequestError, RequestTypeError
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -26,18 +28,18 @@ def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = Non
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+        raise RequestTypeError(name, f"{name}: expected an int, got {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+        raise RequestError(name, f"{name}: expected an int >= {minimum}, got {value!r}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name}: expected an int from {minimum} to {maximum}, got {value!r}")
+        raise RequestError(name, f"{name}: expected an int from {minimum} to {maximum}, got {value!r}")
 
 
 def _check_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+        raise RequestTypeError(name, f"{name}: expected a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        raise RequestError(name, f"{name}: expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -117,28 +119,37 @@ class EngineConfig:
         _check_int("session_len", self.session_len, minimum=1, optional=True)
         factor = _check_number("rope_scaling_factor", self.rope_scaling_factor)
         if factor < 0:
-            raise ValueError(f"rope_scaling_factor: expected >= 0 (> 1 turns on dynamic NTK), got {factor!r}")
+            raise RequestError(
+                "rope_scaling_factor", f"rope_scaling_factor: expected >= 0 (> 1 turns on dynamic NTK), got {factor!r}"
+            )
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, Mapping):
-            raise TypeError(f"rope_scaling: expected a dict or None, got {type(self.rope_scaling).__name__}")
+            raise RequestTypeError(
+                "rope_scaling", f"rope_scaling: expected a dict or None, got {type(self.rope_scaling).__name__}"
+            )
         _check_int("max_batch_size", self.max_batch_size, minimum=1)
         _check_int("block_size", self.block_size, minimum=1)
         if self.block_size > 256 or self.block_size & (self.block_size - 1):
-            raise ValueError(f"block_size: expected a power of two from 1 to 256, got {self.block_size!r}")
+            raise RequestError(
+                "block_size", f"block_size: expected a power of two from 1 to 256, got {self.block_size!r}"
+            )
         entry = _check_number("cache_max_entry_count", self.cache_max_entry_count)
         if not 0.0 < entry <= 1.0:
-            raise ValueError(f"cache_max_entry_count: expected a fraction in (0, 1], got {entry!r}")
+            raise RequestError(
+                "cache_max_entry_count", f"cache_max_entry_count: expected a fraction in (0, 1], got {entry!r}"
+            )
         _check_int("num_blocks", self.num_blocks, minimum=1, optional=True)
         _check_int("max_prefill_token_num", self.max_prefill_token_num, minimum=1)
         _check_int("max_queued_requests", self.max_queued_requests, minimum=1, optional=True)
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {DTYPES}, got {self.dtype!r}")
+            raise RequestError("dtype", f"dtype: expected one of {DTYPES}, got {self.dtype!r}")
         if self.device not in DEVICES:
-            raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
+            raise RequestError("device", f"device: expected one of {DEVICES}, got {self.device!r}")
         _check_int("num_threads", self.num_threads, minimum=1, optional=True)
         if not isinstance(self.enable_prefix_caching, bool):
-            raise TypeError(
+            raise RequestTypeError(
+                "enable_prefix_caching",
                 f"enable_prefix_caching: expected a bool, got {type(self.enable_prefix_caching).__name__} "
-                f"{self.enable_prefix_caching!r}"
+                f"{self.enable_prefix_caching!r}",
             )
 
 
@@ -175,31 +186,40 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS_MAX)
         if not isinstance(self.do_sample, bool):
-            raise TypeError(f"do_sample: expected a bool, got {type(self.do_sample).__name__} {self.do_sample!r}")
+            raise RequestTypeError(
+                "do_sample", f"do_sample: expected a bool, got {type(self.do_sample).__name__} {self.do_sample!r}"
+            )
         if not 0 <= _check_number("temperature", self.temperature) <= TEMPERATURE_MAX:
-            raise ValueError(f"temperature: expected a value in [0, {TEMPERATURE_MAX:g}], got {self.temperature!r}")
+            raise RequestError(
+                "temperature", f"temperature: expected a value in [0, {TEMPERATURE_MAX:g}], got {self.temperature!r}"
+            )
         if not 0.0 < _check_number("top_p", self.top_p) <= 1.0:
-            raise ValueError(f"top_p: expected a value in (0, 1], got {self.top_p!r}")
+            raise RequestError("top_p", f"top_p: expected a value in (0, 1], got {self.top_p!r}")
         _check_int("top_k", self.top_k, minimum=0, maximum=TOP_K_MAX)
         low, high = REPETITION_PENALTY_RANGE
         if not low <= _check_number("repetition_penalty", self.repetition_penalty) <= high:
-            raise ValueError(
-                f"repetition_penalty: expected a value in [{low:g}, {high:g}] (1 = off), got {self.repetition_penalty!r}"
+            raise RequestError(
+                "repetition_penalty",
+                f"repetition_penalty: expected a value in [{low:g}, {high:g}] (1 = off), got {self.repetition_penalty!r}",
             )
         if isinstance(self.stop_words, str):
             self.stop_words = [self.stop_words]
         if self.stop_words is not None:
             if not all(isinstance(w, str) and w for w in self.stop_words):
-                raise TypeError(f"stop_words: expected a list of non-empty strings, got {self.stop_words!r}")
+                raise RequestTypeError(
+                    "stop_words", f"stop_words: expected a list of non-empty strings, got {self.stop_words!r}"
+                )
             self.stop_words = list(self.stop_words)
         if isinstance(self.stop_token_ids, int):
             self.stop_token_ids = [self.stop_token_ids]
         if self.stop_token_ids is not None:
             if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
-                raise TypeError(f"stop_token_ids: expected a list of ints >= 0, got {self.stop_token_ids!r}")
+                raise RequestTypeError(
+                    "stop_token_ids", f"stop_token_ids: expected a list of ints >= 0, got {self.stop_token_ids!r}"
+                )
             self.stop_token_ids = list(self.stop_token_ids)
         if not isinstance(self.ignore_eos, bool):
-            raise TypeError(f"ignore_eos: expected a bool, got {type(self.ignore_eos).__name__}")
+            raise RequestTypeError("ignore_eos", f"ignore_eos: expected a bool, got {type(self.ignore_eos).__name__}")
         _check_int("random_seed", self.random_seed, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1], optional=True)
         _check_int("logprobs", self.logprobs, minimum=0, maximum=LOGPROBS_MAX, optional=True)
 

@@ -29,13 +29,9 @@ class RequestTypeError(RequestError, TypeError):
 
 
 def as_request_error(error: Exception) -> RequestError:
-    """``error`` as a ``RequestError``. The configs and the sampler raise plain ``ValueError``/``TypeError`` (or set
-    ``Sequence.error``) whose message starts with the field responsible ("top_p: expected ..."): this is the one
-    place that reads the field from such a message, so applications never parse messages themselves."""
+    """``error`` as a ``RequestError``: itself, or (a plain ``ValueError``/``TypeError`` from below the engine's
+    own checks) one that names no parameter."""
     if isinstance(error, RequestError):
         return error
-    message = str(error)
-    head, sep, _ = message.partition(":")
-    param = head.strip() if sep and head.strip().isidentifier() else None
     cls = RequestTypeError if isinstance(error, TypeError) else RequestError
-    return cls(param, message)
+    return cls(None, str(error))

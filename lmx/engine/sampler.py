@@ -15,11 +15,12 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import RequestError
 from .sequence import Sequence
 
 
-class SamplingError(ValueError):
-    """One sequence's sampling failed; the message starts with the request field responsible."""
+class SamplingError(RequestError):
+    """One sequence's sampling failed; ``param`` is the request field responsible."""
 
 
 class Sampler:
@@ -39,7 +40,7 @@ class Sampler:
             try:
                 tokens.append(self._sample_one(row, seq))
             except SamplingError as e:
-                seq.error = str(e)
+                seq.error, seq.error_param = str(e), e.param
                 tokens.append(None)
         return tokens
 
@@ -84,11 +85,11 @@ def _stage(field: str, value, run: Callable, *, check: bool = True):
     try:
         out = run()
     except Exception as e:
-        raise SamplingError(f"{field}:{shown} made sampling fail ({type(e).__name__}: {e})") from None
+        raise SamplingError(field, f"{field}:{shown} made sampling fail ({type(e).__name__}: {e})") from None
     if check:
         bad = torch.isnan(out).any() or torch.isposinf(out).any() or not torch.isfinite(out).any()
         if bad:
-            raise SamplingError(f"{field}:{shown} left logits with NaN, +inf or no finite value to sample from")
+            raise SamplingError(field, f"{field}:{shown} left logits with NaN, +inf or no finite value to sample from")
     return out
 
 

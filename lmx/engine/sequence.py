@@ -41,6 +41,7 @@ class Sequence:
     finish_reason: str | None = None
     # finish_reason "error": why, naming the request's field ("repetition_penalty: ..."); nothing else failed.
     error: str | None = None
+    error_param: str | None = None  # that field's name, as data
     num_preemptions: int = 0
     # Prompt (and, after a preemption, generated) tokens taken from the prefix cache at the last admission.
     num_cached_tokens: int = 0

@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from lmx.engine import EngineBusyError, Response, as_request_error
+from lmx.engine import EngineBusyError, RequestError, Response
 
 # Logprob of a token: (its logprob, {token id: logprob} of the top k tokens at that position).
 TokenLogprob = tuple[float, dict[int, float]]
@@ -249,7 +249,7 @@ class AsyncEngine:
     def _publish_one(self, request: _Request, seq) -> None:
         if seq.finish_reason == "error" and seq.error:  # this request's own sampling failed: a user error
             self._requests.pop(seq.seq_id, None)
-            request.sink(as_request_error(ValueError(seq.error)))
+            request.sink(RequestError(seq.error_param, seq.error))
             return
         if request.kind == "generate":
             delta = self._delta(request, seq)

@@ -79,6 +79,19 @@ def test_validate_raises_request_errors_carrying_the_parameter(tiny_pipe):
     assert e.value.param == "input_ids"
 
 
+@pytest.mark.parametrize(
+    "field, value, error",
+    [("top_p", 2.0, "RequestError"), ("temperature", float("nan"), "RequestError"), ("top_k", "5", "RequestTypeError"),
+     ("random_seed", 2**64, "RequestError"), ("stop_words", [""], "RequestTypeError"), ("max_new_tokens", 0, "RequestError")],
+)  # fmt: skip
+def test_generation_config_errors_carry_their_field(field, value, error):
+    import lmx.engine
+
+    with pytest.raises(getattr(lmx.engine, error)) as e:
+        lmx.engine.GenerationConfig(**{field: value})
+    assert e.value.param == field and str(e.value).startswith(f"{field}:")
+
+
 def test_sizes_metrics_and_the_queue(tiny_pipe):
     from lmx import GenerationConfig
     from lmx.engine import EngineBusyError
