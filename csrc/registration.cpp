@@ -6,20 +6,13 @@
 
 #include "checks.h"
 #include "ops.h"
+#include "schemas.h"
 
 TORCH_LIBRARY(lmx, m) {
-  m.def(
-      "rotary_embedding(Tensor(a!) query, Tensor(b!)? key, Tensor positions, int rotary_dim, bool is_neox, "
-      "float[] rope_params, Tensor? cu_seqlens, Tensor? rope_seq_lens, bool precise) -> ()");
-  m.def(
-      "rotary_embedding_and_cache(Tensor(a!) query, Tensor(b!) key, Tensor value, Tensor(c!) k_cache, "
-      "Tensor(d!) v_cache, Tensor slot_mapping, Tensor positions, int rotary_dim, bool is_neox, float[] rope_params, "
-      "Tensor? cu_seqlens, Tensor? rope_seq_lens, bool precise) -> ()");
-  m.def(
-      "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
-  m.def(
-      "paged_attention(Tensor(a!) out, Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
-      "Tensor seq_lens, Tensor cu_seqlens_q, float scale, Tensor? alibi_slopes, int sliding_window) -> ()");
+  m.def(LMX_ROTARY_EMBEDDING_SCHEMA);
+  m.def(LMX_ROTARY_EMBEDDING_AND_CACHE_SCHEMA);
+  m.def(LMX_RESHAPE_AND_CACHE_SCHEMA);
+  m.def("paged_attention(" LMX_PAGED_ATTENTION_ARGS ") -> ()");
 }
 
 // Sparse CPU tensors go to the same functions, whose first check names the argument and its layout (instead of

@@ -9,6 +9,7 @@
 
 #include "cuda/emu/cuda_host_emu.h"
 #include "cuda/ops_cuda_run.h"
+#include "schemas.h"
 
 namespace {
 
@@ -66,20 +67,12 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
 
 }  // namespace
 
+// The same schemas as torch.ops.lmx (csrc/schemas.h); paged_attention also takes the kernel to force.
 TORCH_LIBRARY(lmx_emu, m) {
-  m.def(
-      "rotary_embedding(Tensor(a!) query, Tensor(b!)? key, Tensor positions, int rotary_dim, bool is_neox, "
-      "float[] rope_params, Tensor? cu_seqlens, Tensor? rope_seq_lens, bool precise) -> ()");
-  m.def(
-      "rotary_embedding_and_cache(Tensor(a!) query, Tensor(b!) key, Tensor value, Tensor(c!) k_cache, "
-      "Tensor(d!) v_cache, Tensor slot_mapping, Tensor positions, int rotary_dim, bool is_neox, float[] rope_params, "
-      "Tensor? cu_seqlens, Tensor? rope_seq_lens, bool precise) -> ()");
-  m.def(
-      "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
-  m.def(
-      "paged_attention(Tensor(a!) out, Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
-      "Tensor seq_lens, Tensor cu_seqlens_q, float scale, Tensor? alibi_slopes, int sliding_window, "
-      "str kernel, int partition_size) -> ()");
+  m.def(LMX_ROTARY_EMBEDDING_SCHEMA);
+  m.def(LMX_ROTARY_EMBEDDING_AND_CACHE_SCHEMA);
+  m.def(LMX_RESHAPE_AND_CACHE_SCHEMA);
+  m.def("paged_attention(" LMX_PAGED_ATTENTION_ARGS ", str kernel, int partition_size) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(lmx_emu, CPU, m) {
