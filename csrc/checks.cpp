@@ -155,6 +155,95 @@ void check_cu_seqlens(const char* op, const char* name, const at::Tensor& cu, in
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Quantized KV caches
+// ---------------------------------------------------------------------------------------------------------------
+
+KvFormat kv_format(at::ScalarType cache_dtype) {
+  if (cache_dtype == at::kChar) return KvFormat::kInt8;
+  if (cache_dtype == at::kFloat8_e4m3fn) return KvFormat::kFp8;
+  return KvFormat::kFloat;
+}
+
+const char* dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    case at::kDouble: return "float64";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    case at::kShort: return "int16";
+    case at::kBool: return "bool";
+    case at::kFloat8_e4m3fn: return "float8_e4m3fn";
+    case at::kFloat8_e5m2: return "float8_e5m2";
+    default: return c10::toString(dtype);
+  }
+}
+
+void check_cache_dtype(const char* op, const char* name, const at::Tensor& cache) {
+  const auto dt = cache.scalar_type();
+  LMX_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kChar ||
+                     dt == at::kFloat8_e4m3fn,
+                 name, ": expected dtype float32, bfloat16, float16, int8 or float8_e4m3fn, got ", dtype_name(dt));
+}
+
+namespace {
+
+std::string describe(const std::optional<at::Tensor>& t) {
+  if (!t) return "None";
+  std::ostringstream s;
+  s << "a " << dtype_name(t->scalar_type()) << " tensor of shape " << t->sizes();
+  return s.str();
+}
+
+std::string shape_str(std::initializer_list<int64_t> dims) {
+  std::ostringstream s;
+  s << "[";
+  size_t i = 0;
+  for (int64_t d : dims) s << (i++ ? ", " : "") << d;
+  s << "]";
+  return s.str();
+}
+
+}  // namespace
+
+void check_kv_scales(const char* op, const at::Tensor& k_cache, const std::optional<at::Tensor>& k_scales,
+                     const std::optional<at::Tensor>& v_scales) {
+  const KvFormat format = kv_format(k_cache.scalar_type());
+  const char* cache_dtype = dtype_name(k_cache.scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const std::optional<at::Tensor>&>{"k_scales", k_scales},
+                                {"v_scales", v_scales}}) {
+    if (format == KvFormat::kFloat) {
+      LMX_CHECK(!t, name, ": expected None for the ", cache_dtype,
+                " k_cache (scales belong to int8 and float8_e4m3fn caches), got ", describe(t));
+      continue;
+    }
+    const int64_t nb = k_cache.size(0), bs = k_cache.size(1), hkv = k_cache.size(2);
+    const bool int8 = format == KvFormat::kInt8;
+    const std::string want = int8 ? std::string("a float32 tensor [num_blocks, block_size, num_kv_heads, 2] = ") +
+                                        shape_str({nb, bs, hkv, 2})
+                                  : std::string("a float32 tensor [num_kv_heads] = ") + shape_str({hkv}) +
+                                        " of per-head scales";
+    const bool shape_ok = t && (int8 ? (t->dim() == 4 && t->size(0) == nb && t->size(1) == bs && t->size(2) == hkv &&
+                                        t->size(3) == 2)
+                                     : (t->dim() == 1 && t->size(0) == hkv));
+    LMX_CHECK(t && shape_ok, name, ": expected ", want, " for the ", cache_dtype, " k_cache, got ", describe(t));
+    LMX_CHECK_TYPE(t->scalar_type() == at::kFloat, name, ": expected ", want, " for the ", cache_dtype,
+                   " k_cache, got ", describe(t));
+    check_device(op, name, *t, k_cache.device());
+    LMX_CHECK(t->is_contiguous(), name, ": expected a contiguous tensor, got strides ", t->strides());
+    if (!int8 && t->device().is_cpu()) {
+      const float* s = t->data_ptr<float>();
+      for (int64_t h = 0; h < hkv; ++h)
+        LMX_CHECK(std::isfinite(s[h]) && s[h] > 0.0f, name, "[", h,
+                  "]: expected a positive finite per-head fp8 scale, got ", s[h]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Memory overlap
 // ---------------------------------------------------------------------------------------------------------------
 //
@@ -333,9 +422,14 @@ void check_kv_and_caches(const char* op, const at::Tensor& key, const at::Tensor
   check_cache(op, "v_cache", v_cache, key.size(1), key.size(2));
   LMX_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache: expected the shape of k_cache ", k_cache.sizes(), ", got ",
             v_cache.sizes());
-  check_float_dtype(op, "k_cache", k_cache);
-  check_dtype(op, "v_cache", v_cache, k_cache.scalar_type());
+  check_cache_dtype(op, "k_cache", k_cache);
+  LMX_CHECK_TYPE(v_cache.scalar_type() == k_cache.scalar_type(), "v_cache: expected the dtype of k_cache (",
+                 dtype_name(k_cache.scalar_type()), "; one cache format for both), got ",
+                 dtype_name(v_cache.scalar_type()));
 }
+
+// A scale tensor's memory role: int8 (scale, zero) rows are written by the cache writes, fp8 scales only read.
+bool scales_written(const at::Tensor& k_cache) { return kv_format(k_cache.scalar_type()) == KvFormat::kInt8; }
 
 // slot_mapping [T] int64; on CPU each slot < num_blocks * block_size (negative: skip the token).
 void check_slots(const char* op, const at::Tensor& slot_mapping, int64_t num_tokens, const at::Tensor& k_cache) {
@@ -383,16 +477,23 @@ RopeInputs check_rotary_embedding_and_cache(const char* op, const at::Tensor& qu
                                             const at::Tensor& positions, int64_t rotary_dim,
                                             c10::ArrayRef<double> rope_params,
                                             const std::optional<at::Tensor>& cu_seqlens,
-                                            const std::optional<at::Tensor>& rope_seq_lens) {
+                                            const std::optional<at::Tensor>& rope_seq_lens,
+                                            const std::optional<at::Tensor>& k_scales,
+                                            const std::optional<at::Tensor>& v_scales) {
   const RopeInputs in =
       check_rope_args(op, query, key, positions, rotary_dim, rope_params, cu_seqlens, rope_seq_lens);
   check_kv_and_caches(op, key, value, k_cache, v_cache);
-  check_dtype(op, "k_cache", k_cache, key.scalar_type());
+  if (kv_format(k_cache.scalar_type()) == KvFormat::kFloat)  // a float cache has the activation dtype
+    check_dtype(op, "k_cache", k_cache, key.scalar_type());
+  check_kv_scales(op, k_cache, k_scales, v_scales);
   check_slots(op, slot_mapping, key.size(0), k_cache);
+  const bool sw = scales_written(k_cache);
   check_memory(op, {{"query", &query, true},
                     {"key", &key, true},
                     {"k_cache", &k_cache, true},
                     {"v_cache", &v_cache, true},
+                    {"k_scales", opt(k_scales), sw},
+                    {"v_scales", opt(v_scales), sw},
                     {"value", &value, false},
                     {"slot_mapping", &slot_mapping, false},
                     {"positions", &positions, false},
@@ -402,18 +503,25 @@ RopeInputs check_rotary_embedding_and_cache(const char* op, const at::Tensor& qu
 }
 
 void check_reshape_and_cache(const char* op, const at::Tensor& key, const at::Tensor& value,
-                             const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& slot_mapping) {
+                             const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& slot_mapping,
+                             const std::optional<at::Tensor>& k_scales, const std::optional<at::Tensor>& v_scales) {
   check_device(op, "key", key, key.device());
   check_token_head(op, "key", key, "num_kv_heads");
   check_float_dtype(op, "key", key);
   check_head_dim(op, "key", key.size(2));
   check_kv_and_caches(op, key, value, k_cache, v_cache);
   const auto in_t = key.scalar_type(), cache_t = k_cache.scalar_type();
-  LMX_CHECK_TYPE(in_t == cache_t || in_t == at::kFloat || cache_t == at::kFloat, "k_cache: expected dtype ", in_t,
-                 " or float32 for ", in_t, " keys, got ", cache_t);
+  LMX_CHECK_TYPE(in_t == cache_t || in_t == at::kFloat || cache_t == at::kFloat ||
+                     kv_format(cache_t) != KvFormat::kFloat,
+                 "k_cache: expected dtype ", in_t, ", float32, int8 or float8_e4m3fn for ", in_t, " keys, got ",
+                 cache_t);
+  check_kv_scales(op, k_cache, k_scales, v_scales);
   check_slots(op, slot_mapping, key.size(0), k_cache);
+  const bool sw = scales_written(k_cache);
   check_memory(op, {{"k_cache", &k_cache, true},
                     {"v_cache", &v_cache, true},
+                    {"k_scales", opt(k_scales), sw},
+                    {"v_scales", opt(v_scales), sw},
                     {"key", &key, false},
                     {"value", &value, false},
                     {"slot_mapping", &slot_mapping, false}});
@@ -423,7 +531,9 @@ AttentionShape check_paged_attention(const char* op, const at::Tensor& out, cons
                                      const at::Tensor& k_cache, const at::Tensor& v_cache,
                                      const at::Tensor& block_tables, const at::Tensor& seq_lens,
                                      const at::Tensor& cu_seqlens_q, double scale,
-                                     const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window) {
+                                     const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window,
+                                     const std::optional<at::Tensor>& k_scales,
+                                     const std::optional<at::Tensor>& v_scales) {
   const at::Device device = query.device();
   for (const auto& [name, t] :
        {std::pair<const char*, const at::Tensor&>{"query", query}, {"out", out}, {"k_cache", k_cache},
@@ -442,8 +552,16 @@ AttentionShape check_paged_attention(const char* op, const at::Tensor& out, cons
   check_cache(op, "v_cache", v_cache, Hkv, D);
   LMX_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache: expected the shape of k_cache ", k_cache.sizes(), ", got ",
             v_cache.sizes());
-  check_dtype(op, "k_cache", k_cache, query.scalar_type());
-  check_dtype(op, "v_cache", v_cache, query.scalar_type());
+  check_cache_dtype(op, "k_cache", k_cache);
+  if (kv_format(k_cache.scalar_type()) == KvFormat::kFloat || kv_format(v_cache.scalar_type()) == KvFormat::kFloat) {
+    check_dtype(op, "k_cache", k_cache, query.scalar_type());
+    check_dtype(op, "v_cache", v_cache, query.scalar_type());
+  } else {
+    LMX_CHECK_TYPE(v_cache.scalar_type() == k_cache.scalar_type(), "v_cache: expected the dtype of k_cache (",
+                   dtype_name(k_cache.scalar_type()), "; one cache format for both), got ",
+                   dtype_name(v_cache.scalar_type()));
+  }
+  check_kv_scales(op, k_cache, k_scales, v_scales);
   check_token_head(op, "out", out, "num_q_heads");
   check_dtype(op, "out", out, query.scalar_type());
   LMX_CHECK(out.sizes() == query.sizes(), "out: expected the shape of query ", query.sizes(), ", got ", out.sizes());
@@ -475,7 +593,9 @@ AttentionShape check_paged_attention(const char* op, const at::Tensor& out, cons
                     {"block_tables", &block_tables, false},
                     {"seq_lens", &seq_lens, false},
                     {"cu_seqlens_q", &cu_seqlens_q, false},
-                    {"alibi_slopes", opt(alibi_slopes), false}});
+                    {"alibi_slopes", opt(alibi_slopes), false},
+                    {"k_scales", opt(k_scales), false},
+                    {"v_scales", opt(v_scales), false}});
   check_disjoint(op, "v_cache", v_cache, "k_cache", k_cache);  // read-only here, but two caches are two memories
 
   const int64_t block_size = k_cache.size(1), num_blocks = k_cache.size(0);

@@ -77,14 +77,19 @@ RopeInputs check_rotary_embedding_and_cache(const char* op,
                                             const at::Tensor& positions,     // [T] int64
                                             int64_t rotary_dim, c10::ArrayRef<double> rope_params,
                                             const std::optional<at::Tensor>& cu_seqlens,
-                                            const std::optional<at::Tensor>& rope_seq_lens);
+                                            const std::optional<at::Tensor>& rope_seq_lens,
+                                            // Quantized caches only (check_kv_scales); int8: written.
+                                            const std::optional<at::Tensor>& k_scales = std::nullopt,
+                                            const std::optional<at::Tensor>& v_scales = std::nullopt);
 
 void check_reshape_and_cache(const char* op,
-                             const at::Tensor& key,            // [T, Hkv, D]
-                             const at::Tensor& value,          // [T, Hkv, D]
-                             const at::Tensor& k_cache,        // [num_blocks, block_size, Hkv, D], written
-                             const at::Tensor& v_cache,        // same shape and dtype, written
-                             const at::Tensor& slot_mapping);  // [T] int64
+                             const at::Tensor& key,           // [T, Hkv, D]
+                             const at::Tensor& value,         // [T, Hkv, D]
+                             const at::Tensor& k_cache,       // [num_blocks, block_size, Hkv, D], written
+                             const at::Tensor& v_cache,       // same shape and dtype, written
+                             const at::Tensor& slot_mapping,  // [T] int64
+                             const std::optional<at::Tensor>& k_scales = std::nullopt,  // int8: written
+                             const std::optional<at::Tensor>& v_scales = std::nullopt);
 
 struct AttentionShape {
   int64_t num_tokens;          // T
@@ -109,7 +114,28 @@ AttentionShape check_paged_attention(const char* op,
                                      const at::Tensor& cu_seqlens_q,  // [B + 1] int32
                                      double scale,
                                      const std::optional<at::Tensor>& alibi_slopes,  // [Hq] fp32
-                                     int64_t sliding_window);
+                                     int64_t sliding_window,
+                                     const std::optional<at::Tensor>& k_scales = std::nullopt,  // read
+                                     const std::optional<at::Tensor>& v_scales = std::nullopt);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Quantized KV caches (the layout of README "Quantized KV cache"; lmx.reference quantizes the same way)
+// ---------------------------------------------------------------------------------------------------------------
+//
+// The cache dtype selects the format: float32 / bfloat16 / float16 as they are (no scales); int8 rows with an
+// asymmetric (scale, zero) per (slot, kv head) in float32 [num_blocks, block_size, Hkv, 2] side tensors written
+// beside the cache; float8_e4m3fn with read-only positive finite per-head float32 scales [Hkv].
+enum class KvFormat { kFloat, kInt8, kFp8 };
+// kFloat for float32 / bfloat16 / float16 (and anything else: check_cache_dtype rejects it).
+KvFormat kv_format(at::ScalarType cache_dtype);
+// Python's name of a dtype ("float32", "int8", "float8_e4m3fn") for messages.
+const char* dtype_name(at::ScalarType dtype);
+// k_cache's dtype is one of the five cache dtypes.
+void check_cache_dtype(const char* op, const char* name, const at::Tensor& cache);
+// k_scales / v_scales as the caches' format needs them: None for float caches; int8: float32, contiguous,
+// [num_blocks, block_size, Hkv, 2]; fp8: float32, contiguous, [Hkv], on CPU each value positive and finite.
+void check_kv_scales(const char* op, const at::Tensor& k_cache, const std::optional<at::Tensor>& k_scales,
+                     const std::optional<at::Tensor>& v_scales);
 
 // The error of a CUDA tensor reaching a build without CUDA kernels.
 [[noreturn]] void no_cuda(const char* op);

@@ -14,6 +14,13 @@
 #include <optional>
 
 namespace lmx {
+namespace cpu {
+struct QuantCacheOut;
+}
+
+// The int8 / float8_e4m3fn cache pair and its scales as the CPU kernels take them (csrc/cache.cpp).
+cpu::QuantCacheOut quant_cache_out(at::Tensor& k_cache, at::Tensor& v_cache, const std::optional<at::Tensor>& k_scales,
+                                   const std::optional<at::Tensor>& v_scales);
 
 // Rotates the first rotary_dim channels of every head of query (and key) in place, with each sequence's RoPE
 // base (dynamic NTK: from rope_seq_lens[b], or max(position) + 1 of the sequence without it).
@@ -39,7 +46,9 @@ void rotary_embedding_and_cache_cpu(at::Tensor& query,                  // [T, H
                                     c10::ArrayRef<double> rope_params,
                                     const std::optional<at::Tensor>& cu_seqlens,     // [B + 1] int32
                                     const std::optional<at::Tensor>& rope_seq_lens,  // [B] int64
-                                    bool precise);
+                                    bool precise,
+    const std::optional<at::Tensor>& k_scales,   // int8 [num_blocks, block_size, Hkv, 2] (written); fp8 [Hkv]
+    const std::optional<at::Tensor>& v_scales);
 
 // Writes key / value token t to slot slot_mapping[t] (block * block_size + offset; negative: skip); the caches
 // may have another dtype than key / value when one of the two is float32.
@@ -47,7 +56,9 @@ void reshape_and_cache_cpu(const at::Tensor& key,            // [T, Hkv, D]
                            const at::Tensor& value,          // [T, Hkv, D]
                            at::Tensor& k_cache,              // [num_blocks, block_size, Hkv, D], written
                            at::Tensor& v_cache,              // [num_blocks, block_size, Hkv, D], written
-                           const at::Tensor& slot_mapping);  // [T] int64
+                           const at::Tensor& slot_mapping,  // [T] int64
+    const std::optional<at::Tensor>& k_scales,   // int8 [num_blocks, block_size, Hkv, 2] (written); fp8 [Hkv]
+    const std::optional<at::Tensor>& v_scales);
 
 // out = softmax(scale * q kᵀ + alibi) v over each sequence's cached keys, causally: the n_b queries of sequence
 // b are its last n_b tokens. Decode, prefill and chunked prefill in one op.
@@ -60,7 +71,9 @@ void paged_attention_cpu(at::Tensor& out,                                // [T, 
                          const at::Tensor& cu_seqlens_q,                 // [B + 1] int32
                          double scale,                                   // finite and > 0 in fp32
                          const std::optional<at::Tensor>& alibi_slopes,  // [Hq] fp32; or none
-                         int64_t sliding_window);                        // -1 (none) or > 0
+                         int64_t sliding_window,  // -1 (none) or > 0
+    const std::optional<at::Tensor>& k_scales,   // quantized caches: as the cache writes wrote them
+    const std::optional<at::Tensor>& v_scales);
 
 // The same four on CUDA tensors (csrc/cuda/ops_cuda.cpp; defined only when LMX_WITH_CUDA).
 void rotary_embedding_cuda(at::Tensor& query,                               // [T, Hq, D], written
@@ -83,13 +96,17 @@ void rotary_embedding_and_cache_cuda(at::Tensor& query,               // [T, Hq,
                                      c10::ArrayRef<double> rope_params,
                                      const std::optional<at::Tensor>& cu_seqlens,     // [B + 1] int32
                                      const std::optional<at::Tensor>& rope_seq_lens,  // [B] int64
-                                     bool precise);
+                                     bool precise,
+    const std::optional<at::Tensor>& k_scales,   // int8 [num_blocks, block_size, Hkv, 2] (written); fp8 [Hkv]
+    const std::optional<at::Tensor>& v_scales);
 
 void reshape_and_cache_cuda(const at::Tensor& key,            // [T, Hkv, D]
                             const at::Tensor& value,          // [T, Hkv, D]
                             at::Tensor& k_cache,              // [num_blocks, block_size, Hkv, D], written
                             at::Tensor& v_cache,              // [num_blocks, block_size, Hkv, D], written
-                            const at::Tensor& slot_mapping);  // [T] int64
+                            const at::Tensor& slot_mapping,  // [T] int64
+    const std::optional<at::Tensor>& k_scales,   // int8 [num_blocks, block_size, Hkv, 2] (written); fp8 [Hkv]
+    const std::optional<at::Tensor>& v_scales);
 
 void paged_attention_cuda(at::Tensor& out,                                // [T, Hq, D], written
                           const at::Tensor& query,                        // [T, Hq, D]
@@ -100,6 +117,8 @@ void paged_attention_cuda(at::Tensor& out,                                // [T,
                           const at::Tensor& cu_seqlens_q,                 // [B + 1] int32
                           double scale,
                           const std::optional<at::Tensor>& alibi_slopes,  // [Hq] fp32; or none
-                          int64_t sliding_window);
+                          int64_t sliding_window,
+    const std::optional<at::Tensor>& k_scales,   // quantized caches: as the cache writes wrote them
+    const std::optional<at::Tensor>& v_scales);
 
 }  // namespace lmx

@@ -12,7 +12,7 @@ TORCH_LIBRARY(lmx, m) {
   m.def(LMX_ROTARY_EMBEDDING_SCHEMA);
   m.def(LMX_ROTARY_EMBEDDING_AND_CACHE_SCHEMA);
   m.def(LMX_RESHAPE_AND_CACHE_SCHEMA);
-  m.def("paged_attention(" LMX_PAGED_ATTENTION_ARGS ") -> ()");
+  m.def(LMX_PAGED_ATTENTION_SCHEMA);
 }
 
 // Sparse CPU tensors go to the same functions, whose first check names the argument and its layout (instead of
@@ -47,27 +47,31 @@ void rotary_embedding_and_cache_cpu_only(at::Tensor& query, at::Tensor& key, con
                                          const at::Tensor& positions, int64_t rotary_dim, bool,
                                          c10::ArrayRef<double> rope_params,
                                          const std::optional<at::Tensor>& cu_seqlens,
-                                         const std::optional<at::Tensor>& rope_seq_lens, bool) {
+                                         const std::optional<at::Tensor>& rope_seq_lens, bool,
+                                         const std::optional<at::Tensor>& k_scales,
+                                         const std::optional<at::Tensor>& v_scales) {
   const char* op = "rotary_embedding_and_cache";
   check_rotary_embedding_and_cache(op, query, key, value, k_cache, v_cache, slot_mapping, positions, rotary_dim,
-                                   rope_params, cu_seqlens, rope_seq_lens);
+                                   rope_params, cu_seqlens, rope_seq_lens, k_scales, v_scales);
   no_cuda(op);
 }
 
 void reshape_and_cache_cpu_only(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
-                                at::Tensor& v_cache, const at::Tensor& slot_mapping) {
+                                at::Tensor& v_cache, const at::Tensor& slot_mapping,
+                                const std::optional<at::Tensor>& k_scales, const std::optional<at::Tensor>& v_scales) {
   const char* op = "reshape_and_cache";
-  check_reshape_and_cache(op, key, value, k_cache, v_cache, slot_mapping);
+  check_reshape_and_cache(op, key, value, k_cache, v_cache, slot_mapping, k_scales, v_scales);
   no_cuda(op);
 }
 
 void paged_attention_cpu_only(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache,
                               const at::Tensor& v_cache, const at::Tensor& block_tables, const at::Tensor& seq_lens,
                               const at::Tensor& cu_seqlens_q, double scale,
-                              const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window) {
+                              const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window,
+                              const std::optional<at::Tensor>& k_scales, const std::optional<at::Tensor>& v_scales) {
   const char* op = "paged_attention";
   check_paged_attention(op, out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, alibi_slopes,
-                        sliding_window);
+                        sliding_window, k_scales, v_scales);
   no_cuda(op);
 }
 

@@ -9,6 +9,11 @@ fake (meta) implementations ``torch.compile`` needs, plus a documented wrapper p
     caches [num_blocks, block_size, Hkv, D] (NHD), block_tables [B, max_blocks] int32, seq_lens [B] int32,
     cu_seqlens [B + 1] int32, positions [T] int64, slot_mapping [T] int64 (negative = skip).
 
+Quantized KV caches: a cache of dtype ``torch.int8`` or ``torch.float8_e4m3fn`` (same shape) comes with two
+float32 side tensors ``k_scales`` / ``v_scales``: int8 ``[num_blocks, block_size, Hkv, 2]`` (scale, zero) per slot
+and kv head, written by the cache-write ops; fp8 ``[Hkv]`` per-head scales, positive and finite, only read.
+``lmx.reference.quantize_int8`` / ``quantize_fp8`` define the arithmetic; ``new_kv_scales`` allocates them.
+
 The pure-PyTorch reference of each op, with the same signature, is ``lmx.reference``.
 """
 
@@ -25,6 +30,7 @@ __all__ = [
     "reshape_and_cache",
     "rotary_embedding_and_cache",
     "paged_attention",
+    "new_kv_scales",
     "build_info",
     "rope_param_fields",
 ]
@@ -103,19 +109,38 @@ def rotary_embedding(
     )
 
 
+def new_kv_scales(k_cache: torch.Tensor, fp8_scale: float | torch.Tensor = 1.0):
+    """The ``(k_scales, v_scales)`` a cache of ``k_cache``'s dtype needs: ``(None, None)`` for float caches; int8:
+    two NaN-filled float32 ``[num_blocks, block_size, Hkv, 2]`` tensors (the cache writes fill the slots they
+    write); float8_e4m3fn: two float32 ``[Hkv]`` tensors of ``fp8_scale`` (a number or a ``[Hkv]`` tensor)."""
+    nb, bs, hkv = k_cache.shape[:3]
+    if k_cache.dtype == torch.int8:
+        k = torch.full((nb, bs, hkv, 2), float("nan"), dtype=torch.float32, device=k_cache.device)
+        return k, k.clone()
+    if k_cache.dtype == torch.float8_e4m3fn:
+        k = torch.empty(hkv, dtype=torch.float32, device=k_cache.device)
+        k.copy_(torch.as_tensor(fp8_scale, dtype=torch.float32).expand(hkv))
+        return k, k.clone()
+    return None, None
+
+
 def reshape_and_cache(
     key: torch.Tensor,
     value: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
 ) -> None:
     """Write ``key`` / ``value`` ``[T, Hkv, D]`` into the paged caches at ``slot_mapping[t]``.
 
     ``slot = block * block_size + offset``; a negative slot skips the token (padding). Caches are
     ``[num_blocks, block_size, Hkv, D]`` and may have a different dtype than key/value (converted on write).
+    int8 / float8_e4m3fn caches quantize on write and need ``k_scales`` / ``v_scales`` (module docstring).
     """
-    _ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+    _ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, k_scales, v_scales)
 
 
 def rotary_embedding_and_cache(
@@ -131,10 +156,13 @@ def rotary_embedding_and_cache(
     cu_seqlens: torch.Tensor | None = None,
     rope_seq_lens: torch.Tensor | None = None,
     precise: bool = False,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
 ) -> None:
     """Fused ``rotary_embedding`` (query and key, in place) and ``reshape_and_cache`` of the rotated key and value.
 
-    One pass over the tokens: each key is rotated on its way into the cache.
+    One pass over the tokens: each key is rotated on its way into the cache (quantized there for int8 / fp8
+    caches, which need ``k_scales`` / ``v_scales``).
     """
     _ops.rotary_embedding_and_cache(
         query,
@@ -150,6 +178,8 @@ def rotary_embedding_and_cache(
         cu_seqlens,
         rope_seq_lens,
         precise,
+        k_scales,
+        v_scales,
     )
 
 
@@ -165,6 +195,8 @@ def paged_attention(
     alibi_slopes: torch.Tensor | None = None,
     sliding_window: int = -1,
     out: torch.Tensor | None = None,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of packed queries over paged caches: decode, prefill and chunked prefill in one op.
 
@@ -172,7 +204,9 @@ def paged_attention(
         query: ``[T, Hq, D]``; the ``n_b = cu_seqlens_q[b+1] - cu_seqlens_q[b]`` queries of sequence ``b`` are its
             last ``n_b`` tokens (already written to the cache), so query ``i`` is at position
             ``seq_lens[b] - n_b + i`` and attends causally to keys ``0..that position``.
-        k_cache, v_cache: ``[num_blocks, block_size, Hkv, D]``, same dtype as ``query``.
+        k_cache, v_cache: ``[num_blocks, block_size, Hkv, D]``, the dtype of ``query``, or both int8 or both
+            float8_e4m3fn (read and dequantized in registers; ``k_scales`` / ``v_scales`` as written by the cache
+            writes).
         block_tables: ``[B, max_blocks]`` int32, cache block of each ``block_size`` tokens of a sequence.
         seq_lens: ``[B]`` int32, tokens in the cache per sequence (this step's included).
         cu_seqlens_q: ``[B + 1]`` int32.
@@ -196,5 +230,7 @@ def paged_attention(
         float(scale),
         alibi_slopes,
         int(sliding_window),
+        k_scales,
+        v_scales,
     )
     return out

@@ -138,6 +138,78 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: i
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# quantized KV cache (int8 rows with (scale, zero); float8_e4m3fn with per-head scales)
+# ---------------------------------------------------------------------------------------------------------------
+
+FP8_E4M3_MAX = 448.0
+QUANTIZED_CACHE_DTYPES = (torch.int8, torch.float8_e4m3fn)
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric int8 per row (the last dim): ``(q int8 [..., D], scales float32 [..., 2] = (scale, zero))``.
+
+    In fp32: ``lo, hi = min, max``; ``scale = (hi - lo) / 255``; ``q = clamp(round((x - lo) / scale), 0, 255) - 128``
+    (round half to even), ``zero = lo + 128 * scale``, so ``x̂ = q * scale + zero``. A constant row gets
+    ``scale = 0, zero = lo, q = 0``; a row with a non-finite value (or a non-finite scale) ``scale = zero = NaN,
+    q = 0``. ``csrc/kv_quant_math.h`` is the same arithmetic in C++.
+    """
+    xf = x.float()
+    lo = xf.amin(-1, keepdim=True)
+    hi = xf.amax(-1, keepdim=True)
+    scale = (hi - lo) / 255.0
+    valid = torch.isfinite(xf).all(-1, keepdim=True) & torch.isfinite(scale)
+    const = valid & (hi == lo)
+    quant = valid & ~const
+    safe_lo = torch.where(quant, lo, torch.zeros_like(lo))
+    safe_scale = torch.where(quant, scale, torch.ones_like(scale))
+    levels = torch.round((torch.where(quant, xf, torch.zeros_like(xf)) - safe_lo) / safe_scale).clamp(0, 255)
+    q = torch.where(quant, levels - 128, torch.zeros_like(levels)).to(torch.int8)
+    nan = torch.full_like(scale, float("nan"))
+    zero = torch.where(valid, torch.where(const, lo, lo + 128.0 * scale), nan)
+    scale = torch.where(valid, torch.where(const, torch.zeros_like(scale), scale), nan)
+    return q, torch.cat((scale, zero), dim=-1)
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x̂ = q * scale + zero`` in fp32; ``scales [..., 2]`` as ``quantize_int8`` returns them."""
+    return q.float() * scales[..., 0:1] + scales[..., 1:2]
+
+
+def quantize_fp8(x: torch.Tensor, head_scales: torch.Tensor) -> torch.Tensor:
+    """``x [..., Hkv, D]`` to float8_e4m3fn: ``round_nearest_even(clamp(x / s[h], -448, 448))``, NaN stays NaN."""
+    s = head_scales.float()[:, None]
+    return (x.float() / s).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def dequantize_fp8(stored: torch.Tensor, head_scales: torch.Tensor) -> torch.Tensor:
+    """``x̂ = float(stored) * s[h]`` in fp32 for ``stored [..., Hkv, D]``."""
+    return stored.float() * head_scales.float()[:, None]
+
+
+def dequantize_cache(cache: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+    """A cache (or any selection of its rows ``[..., Hkv, D]`` with the matching scales) as fp32 values; float
+    caches are returned as they are."""
+    if cache.dtype == torch.int8:
+        return dequantize_int8(cache, scales)
+    if cache.dtype == torch.float8_e4m3fn:
+        return dequantize_fp8(cache, scales)
+    return cache
+
+
+def fp8_head_scales(k: torch.Tensor, *, margin: float = 1.0) -> torch.Tensor:
+    """Per-head fp8 scales ``[Hkv]`` from sample keys or values ``[..., Hkv, D]``: ``amax(|x|) * margin / 448``
+    per head (1.0 where a head is all zero), the scale that maps the largest sample to fp8's largest value."""
+    amax = k.float().abs().flatten(0, -3).amax(dim=(0, 2)) if k.dim() > 2 else k.float().abs().amax(-1)
+    s = amax * margin / FP8_E4M3_MAX
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """A view of an fp8 tensor as uint8 (indexing ops do not all take float8 dtypes)."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # paged KV cache
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -148,14 +220,28 @@ def reshape_and_cache(
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], written in place
     v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], written in place
     slot_mapping: torch.Tensor,  # [T] int64; slot = block * block_size + offset; negative = skip
+    k_scales: torch.Tensor | None = None,  # int8: [num_blocks, block_size, Hkv, 2] written; fp8: [Hkv] read
+    v_scales: torch.Tensor | None = None,
 ) -> None:
-    """Scatter each token's key and value into its cache slot; tokens with a negative slot are skipped."""
+    """Scatter each token's key and value into its cache slot; tokens with a negative slot are skipped.
+
+    int8 caches get each (token, head) row quantized by ``quantize_int8`` and its (scale, zero) written to the
+    same slot of ``k_scales`` / ``v_scales``; float8_e4m3fn caches get ``quantize_fp8`` with the per-head scales.
+    """
     block_size = k_cache.shape[1]
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     blocks, offsets = slots // block_size, slots % block_size
-    k_cache[blocks, offsets] = key[keep].to(k_cache.dtype)
-    v_cache[blocks, offsets] = value[keep].to(v_cache.dtype)
+    for x, cache, scales in ((key, k_cache, k_scales), (value, v_cache, v_scales)):
+        rows = x[keep]
+        if cache.dtype == torch.int8:
+            q, sz = quantize_int8(rows)
+            cache[blocks, offsets] = q
+            scales[blocks, offsets] = sz
+        elif cache.dtype == torch.float8_e4m3fn:
+            _bytes(cache)[blocks, offsets] = _bytes(quantize_fp8(rows, scales))
+        else:
+            cache[blocks, offsets] = rows.to(cache.dtype)
 
 
 def rotary_embedding_and_cache(
@@ -167,11 +253,15 @@ def rotary_embedding_and_cache(
     slot_mapping: torch.Tensor,
     positions: torch.Tensor,
     rope: RopeConfig,
+    *,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
     **rope_kwargs,
 ) -> None:
-    """``rotary_embedding`` on query and key, then ``reshape_and_cache`` of the rotated key and the value."""
+    """``rotary_embedding`` on query and key, then ``reshape_and_cache`` of the rotated key (rounded to its dtype
+    first, as it is rotated in place) and the value."""
     rotary_embedding(query, key, positions, rope, **rope_kwargs)
-    reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+    reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, k_scales, v_scales)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,6 +277,15 @@ def _einsum(equation: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum(equation, a, b)
 
 
+def _cached_rows(cache: torch.Tensor, scales: torch.Tensor | None, blocks: torch.Tensor, L: int) -> torch.Tensor:
+    """The first ``L`` rows ``[L, Hkv, D]`` of the given blocks, dequantized when the cache is quantized."""
+    Hkv, D = cache.shape[2], cache.shape[3]
+    rows = _bytes(cache)[blocks].view(cache.dtype).reshape(-1, Hkv, D)[:L]
+    if cache.dtype == torch.int8:
+        return dequantize_int8(rows, scales[blocks].reshape(-1, Hkv, 2)[:L])
+    return dequantize_cache(rows, scales)
+
+
 def paged_attention(
     query: torch.Tensor,  # [T, Hq, D]
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
@@ -200,6 +299,8 @@ def paged_attention(
     sliding_window: int = -1,
     out: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float64,
+    k_scales: torch.Tensor | None = None,  # quantized caches (see reshape_and_cache)
+    v_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(scale * q kᵀ + bias) v over each sequence's cached keys, causally.
 
@@ -207,6 +308,8 @@ def paged_attention(
     ``p = seq_lens[b] - n + i`` and sees keys ``j <= p`` (and ``p - j < sliding_window`` when a window is set).
     ALiBi adds ``slope[h] * (j - p)``. Computed and returned in ``compute_dtype`` (float64) unless ``out`` is given;
     with a 16-bit ``compute_dtype`` each product accumulates in fp32 and is rounded once, as PyTorch's matmuls do.
+    Quantized caches (int8, float8_e4m3fn) are dequantized to fp32 (``dequantize_cache``) and then converted to
+    ``compute_dtype``.
     """
     T, Hq, D = query.shape
     block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -219,8 +322,8 @@ def paged_attention(
             continue
         nblocks = (L + block_size - 1) // block_size
         blocks = block_tables[b, :nblocks].long()
-        k = k_cache[blocks].reshape(-1, Hkv, D)[:L].to(compute_dtype)  # [L, Hkv, D]
-        v = v_cache[blocks].reshape(-1, Hkv, D)[:L].to(compute_dtype)
+        k = _cached_rows(k_cache, k_scales, blocks, L).to(compute_dtype)  # [L, Hkv, D]
+        v = _cached_rows(v_cache, v_scales, blocks, L).to(compute_dtype)
         k = k.repeat_interleave(group, dim=1)  # [L, Hq, D]
         v = v.repeat_interleave(group, dim=1)
         q = query[q0:q1].to(compute_dtype)  # [n, Hq, D]

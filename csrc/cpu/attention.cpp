@@ -13,6 +13,7 @@
 // O(rows × kKeyTile) per thread: no [T, T] buffer ever exists.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Float8_e4m3fn.h>
 
 #include <algorithm>
 #include <atomic>
@@ -89,6 +90,36 @@ inline void to_float(const scalar_t* src, float* dst, int64_t n, float mul) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) * mul;
 }
 
+// ---- Quantized caches (int8 rows with (scale, zero) per slot and kv head; float8_e4m3fn with per-head scales) ----
+using Fp8 = c10::Float8_e4m3fn;
+
+template <typename cache_t>
+inline constexpr bool kQuantCache = std::is_same_v<cache_t, int8_t> || std::is_same_v<cache_t, Fp8>;
+
+// float8_e4m3fn → fp32 of every byte (exact; NaN for 0x7f / 0xff).
+struct Fp8Table {
+  float v[256];
+  Fp8Table() {
+    for (int i = 0; i < 256; ++i) v[i] = c10::detail::fp8e4m3fn_to_fp32_value(static_cast<uint8_t>(i));
+  }
+};
+inline const float* fp8_table() {
+  static const Fp8Table table;
+  return table.v;
+}
+
+// One cache row [D] as fp32 (the tiles' gather): x̂ = q * scale + zero (int8), float(stored) * s[h] (fp8).
+inline void dequant_row(const int8_t* src, const float* scale_zero, float* dst, int64_t n) {
+  const float sc = scale_zero[0], z = scale_zero[1];
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) * sc + z;
+}
+inline void dequant_row(const Fp8* src, float s, float* dst, int64_t n) {
+  const float* table = fp8_table();
+  const uint8_t* b = reinterpret_cast<const uint8_t*>(src);
+  for (int64_t i = 0; i < n; ++i) dst[i] = table[b[i]] * s;
+}
+
 #if defined(LMX_DIRECT_KERNELS)
 // AVX2 kernels that read K and V rows straight from the cache (no fp32 staging copy). Used for few query rows
 // (decode, short chunks), where the work is memory-bound and a staging copy would double the traffic.
@@ -98,6 +129,22 @@ inline __m256 load8(const c10::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
 }
 inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+// Quantized rows: the raw values (q as a float; the fp8 value before its head scale).
+inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline __m256 load8(const Fp8* p) {  // exact: normals by exponent rebias, subnormals m * 2^-9, NaN, sign
+  const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256i mag = _mm256_and_si256(x, _mm256_set1_epi32(0x7F));
+  const __m256 normal =
+      _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
+  const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(1.0f / 512.0f));
+  __m256 v = _mm256_blendv_ps(normal, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
+  v = _mm256_blendv_ps(v, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()),
+                       _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F))));
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24);
+  return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+}
 
 // The horizontal sums of eight vectors, as one vector.
 inline __m256 hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
@@ -505,7 +552,7 @@ struct WorkItem {
 };
 
 // Per-thread scratch.
-template <typename scalar_t>
+template <typename scalar_t>  // the cache's element type (the activation dtype for float caches)
 struct Scratch {
   std::vector<float> q, k, v, s, acc, m, l;
   std::vector<float> qt, alpha;                  // AVX-512 tiles: Qᵀ [D, ldr], the softmax's rescale factors
@@ -513,6 +560,7 @@ struct Scratch {
   std::vector<uint16_t> zero_row;                // AVX512-BF16 tiles: the key row of padding keys
   std::vector<const scalar_t*> k_rows, v_rows;  // direct kernels: cache row [Hkv, D] of each key of the tile
   std::vector<int64_t> row_offset;               // direct kernels: offset of each row's kv head in a cache row
+  std::vector<float> pq;                         // quantized direct kernels: probabilities times the V scales
   void reserve(int64_t rows, int64_t head_dim) {
     const int64_t padded = (rows + 15) / 16 * 16;  // AVX-512 tiles: rows rounded up to whole vectors
     q.resize(rows * head_dim);
@@ -531,21 +579,26 @@ struct Scratch {
       zero_row.assign(head_dim, 0);
     }
     row_offset.resize(rows);
+    if (kQuantCache<scalar_t>) pq.resize(rows * kKeyTile);
     k_rows.resize(kKeyTile);
     v_rows.resize(kKeyTile);
   }
 };
 
-template <typename scalar_t>
+// cache_t: the cache's element type; int8_t and Fp8 caches come with their scales (k_scales / v_scales).
+template <typename scalar_t, typename cache_t = scalar_t>
 class PagedAttention {
  public:
   PagedAttention(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,
-                 const scalar_t* k_cache, const scalar_t* v_cache)
-      : p_(p), out_(out), query_(query), k_cache_(k_cache), v_cache_(v_cache), group_(p.num_q_heads / p.num_kv_heads),
+                 const cache_t* k_cache, const cache_t* v_cache, const float* k_scales = nullptr,
+                 const float* v_scales = nullptr)
+      : p_(p), out_(out), query_(query), k_cache_(k_cache), v_cache_(v_cache), k_scales_(k_scales),
+        v_scales_(v_scales), group_(p.num_q_heads / p.num_kv_heads),
         q_tile_(std::max<int64_t>(1, kRowsPerTile / group_)),
         block_shift_(__builtin_ctzll(static_cast<unsigned long long>(p.block_size))),  // a power of two (checked)
         block_mask_(p.block_size - 1), tiles512_(kDirect && cpu_avx512_tiles()),
-        tiles_bf16_(kDirect && std::is_same_v<scalar_t, c10::BFloat16> && cpu_avx512_bf16_tiles()) {}
+        tiles_bf16_(kDirect && std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<cache_t, scalar_t> &&
+                    cpu_avx512_bf16_tiles()) {}
 
   void run() {
     build_work();
@@ -554,7 +607,7 @@ class PagedAttention {
     // One task per thread; each pulls items (heaviest first) from a shared counter, so causal prefill tiles of
     // very different cost still balance.
     at::parallel_for(0, std::max<int64_t>(num_threads, 1), 1, [&](int64_t, int64_t) {
-      Scratch<scalar_t> scratch;
+      Scratch<cache_t> scratch;
       scratch.reserve(std::max(q_tile_ * group_, kAllHeadRows), p_.head_dim);
       const int previous_blas_threads = blas_single_thread();
       for (int64_t i = next.fetch_add(1); i < static_cast<int64_t>(work_.size()); i = next.fetch_add(1))
@@ -626,17 +679,23 @@ class PagedAttention {
   }
 
   // Gather keys [j0, j1) of kv head `h` of sequence `b` from the paged cache into a contiguous fp32 tile.
-  void gather(const scalar_t* cache, int64_t b, int64_t h, int64_t j0, int64_t j1, float* dst) const {
+  void gather(const cache_t* cache, int64_t b, int64_t h, int64_t j0, int64_t j1, float* dst) const {
     const int32_t* table = p_.block_tables + b * p_.max_blocks_per_seq;
     const int64_t D = p_.head_dim, Hkv = p_.num_kv_heads;
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t slot = (static_cast<int64_t>(table[j >> block_shift_]) << block_shift_) + (j & block_mask_);
-      to_float(cache + (slot * Hkv + h) * D, dst + (j - j0) * D, D, 1.0f);
+      if constexpr (std::is_same_v<cache_t, int8_t>)
+        dequant_row(cache + (slot * Hkv + h) * D, (cache == k_cache_ ? k_scales_ : v_scales_) + (slot * Hkv + h) * 2,
+                    dst + (j - j0) * D, D);
+      else if constexpr (std::is_same_v<cache_t, Fp8>)
+        dequant_row(cache + (slot * Hkv + h) * D, (cache == k_cache_ ? k_scales_ : v_scales_)[h], dst + (j - j0) * D, D);
+      else
+        to_float(cache + (slot * Hkv + h) * D, dst + (j - j0) * D, D, 1.0f);
     }
   }
 
   // Cache row of each key [j0, j1) of kv head `h` of sequence `b`.
-  void row_pointers(const scalar_t* cache, int64_t b, int64_t h, int64_t j0, int64_t j1, const scalar_t** dst) const {
+  void row_pointers(const cache_t* cache, int64_t b, int64_t h, int64_t j0, int64_t j1, const cache_t** dst) const {
     const int32_t* table = p_.block_tables + b * p_.max_blocks_per_seq;
     const int64_t D = p_.head_dim, Hkv = p_.num_kv_heads;
     for (int64_t j = j0; j < j1; ++j) {
@@ -645,7 +704,7 @@ class PagedAttention {
     }
   }
 
-  void process(const WorkItem& w, Scratch<scalar_t>& sc) const {
+  void process(const WorkItem& w, Scratch<cache_t>& sc) const {
     const int64_t D = p_.head_dim, G = group_, HQ = w.kv_heads * G, rows = w.q_count * HQ;
 #if defined(LMX_DIRECT_KERNELS)
     if (tiles512_ && rows >= 16 && w.kv_heads == 1 && p_.alibi_slopes == nullptr && D % 16 == 0)
@@ -679,7 +738,10 @@ class PagedAttention {
       if (direct) {
         row_pointers(k_cache_, w.seq, w.kv_head, j0, j1, sc.k_rows.data());
         row_pointers(v_cache_, w.seq, w.kv_head, j0, j1, sc.v_rows.data());
-        scores_direct(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, kt, D, s);
+        if constexpr (kQuantCache<cache_t>)
+          scores_direct_quant(w, sc, rows, kt, s);
+        else
+          scores_direct(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, kt, D, s);
       }
 #endif
       if (!direct) {
@@ -742,7 +804,10 @@ class PagedAttention {
       }
       if (direct) {
 #if defined(LMX_DIRECT_KERNELS)
-        pv_direct(s, sc.v_rows.data(), sc.row_offset.data(), rows, kt, D, sc.acc.data());
+        if constexpr (kQuantCache<cache_t>)
+          pv_direct_quant(w, sc, s, rows, kt);
+        else
+          pv_direct(s, sc.v_rows.data(), sc.row_offset.data(), rows, kt, D, sc.acc.data());
 #endif
       } else if (use_blas) {  // column-major view: accᵀ[D, rows] += Vᵀ[D, kt] · Pᵀ[kt, rows]
         blas_gemm(false, false, D, rows, kt, 1.0f, sc.v.data(), D, s, kt, 1.0f, sc.acc.data(), D);
@@ -765,7 +830,7 @@ class PagedAttention {
   }
 
   // The item's result: its unnormalised state (a split, for merge_splits) or acc / l into out.
-  void finish(const WorkItem& w, const Scratch<scalar_t>& sc, int64_t token0) const {
+  void finish(const WorkItem& w, const Scratch<cache_t>& sc, int64_t token0) const {
     const int64_t D = p_.head_dim, G = group_, HQ = w.kv_heads * G, rows = w.q_count * HQ;
     if (w.partial >= 0) {  // a split: keep the unnormalised state for merge_splits
       std::memcpy(partial_acc_.data() + w.partial * D, sc.acc.data(), rows * D * sizeof(float));
@@ -786,7 +851,7 @@ class PagedAttention {
 #if defined(LMX_DIRECT_KERNELS)
   // One kv head's item with the AVX-512 tiles: Qᵀ staged once, then per key tile Sᵀ = K·Qᵀ, masks, the column
   // softmax and acc = alpha ⊙ acc + P·V. Same online-softmax state (m, l, acc) and result as process().
-  void process_tiles512(const WorkItem& w, Scratch<scalar_t>& sc) const {
+  void process_tiles512(const WorkItem& w, Scratch<cache_t>& sc) const {
     const int64_t D = p_.head_dim, G = group_, rows = w.q_count * G, ldr = (rows + 15) / 16 * 16;
     const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
     const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin, last_pos = first_pos + w.q_count - 1;
@@ -829,8 +894,8 @@ class PagedAttention {
 
   // process_tiles512 with the AVX512-BF16 tiles (bf16 activations only): no fp32 staging of Q or K, V staged as
   // interleaved key pairs, the scale applied in the softmax.
-  void process_tiles_bf16(const WorkItem& w, Scratch<scalar_t>& sc) const {
-    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+  void process_tiles_bf16(const WorkItem& w, Scratch<cache_t>& sc) const {
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<cache_t, scalar_t>) {
       const int64_t D = p_.head_dim, G = group_, rows = w.q_count * G, ldr = (rows + 15) / 16 * 16;
       const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
       const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin, last_pos = first_pos + w.q_count - 1;
@@ -877,6 +942,65 @@ class PagedAttention {
   }
 #endif
 
+#if defined(LMX_DIRECT_KERNELS)
+  // Quantized direct kernels. Row r's kv head is w.kv_head + off[r] / D; key j's cache row index (slot * Hkv +
+  // kv head) is (k_rows[j] - k_cache_) / D + off[r] / D. Scores: s = scale_j (q · k_int_j) + zero_j Σq (fp8:
+  // zero 0, scale s[h]); P·V: acc += Σ_j (p_j scale_j) v_raw_j + Σ_j p_j zero_j.
+  void scores_direct_quant(const WorkItem& w, Scratch<cache_t>& sc, int64_t rows, int64_t kt, float* s) const {
+    if constexpr (kQuantCache<cache_t>) {
+      const int64_t D = p_.head_dim;
+      scores_direct(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, kt, D, s);  // raw dots
+      for (int64_t r = 0; r < rows; ++r) {
+        float* sr = s + r * kt;
+        const int64_t hr = sc.row_offset[r] / D;
+        if constexpr (std::is_same_v<cache_t, int8_t>) {
+          const float* qr = sc.q.data() + r * D;
+          float qsum = 0.0f;
+          for (int64_t d = 0; d < D; ++d) qsum += qr[d];
+          for (int64_t j = 0; j < kt; ++j) {
+            const float* sz = k_scales_ + ((sc.k_rows[j] - k_cache_) / D + hr) * 2;
+            sr[j] = sz[0] * sr[j] + sz[1] * qsum;
+          }
+        } else {
+          const float sh = k_scales_[w.kv_head + hr];
+          for (int64_t j = 0; j < kt; ++j) sr[j] *= sh;
+        }
+      }
+    }
+  }
+
+  void pv_direct_quant(const WorkItem& w, Scratch<cache_t>& sc, const float* p, int64_t rows, int64_t kt) const {
+    if constexpr (kQuantCache<cache_t>) {
+      const int64_t D = p_.head_dim;
+      float* pq = sc.pq.data();
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* pr = p + r * kt;
+        float* qr = pq + r * kt;
+        const int64_t hr = sc.row_offset[r] / D;
+        if constexpr (std::is_same_v<cache_t, int8_t>) {
+          float zsum = 0.0f;
+          for (int64_t j = 0; j < kt; ++j) {
+            if (pr[j] == 0.0f) {  // a masked key: skipped, as the float kernels skip it
+              qr[j] = 0.0f;
+              continue;
+            }
+            const float* sz = v_scales_ + ((sc.v_rows[j] - v_cache_) / D + hr) * 2;
+            qr[j] = pr[j] * sz[0];
+            zsum += pr[j] * sz[1];
+          }
+          float* acc = sc.acc.data() + r * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) acc[d] += zsum;
+        } else {
+          const float sh = v_scales_[w.kv_head + hr];
+          for (int64_t j = 0; j < kt; ++j) qr[j] = pr[j] * sh;
+        }
+      }
+      pv_direct(pq, sc.v_rows.data(), sc.row_offset.data(), rows, kt, D, sc.acc.data());
+    }
+  }
+#endif
+
   // out = Σ_s acc_s e^{m_s - M} / Σ_s l_s e^{m_s - M}, M = max_s m_s, all in fp32.
   void merge_splits() {
     const int64_t D = p_.head_dim, G = group_;
@@ -911,8 +1035,10 @@ class PagedAttention {
   const AttentionParams& p_;
   TokenHeadView<scalar_t> out_;
   TokenHeadView<const scalar_t> query_;
-  const scalar_t* k_cache_;
-  const scalar_t* v_cache_;
+  const cache_t* k_cache_;
+  const cache_t* v_cache_;
+  const float* k_scales_;  // quantized caches: int8 (scale, zero) [slots, Hkv, 2]; fp8 [Hkv]
+  const float* v_scales_;
   const int64_t group_;
   const int64_t q_tile_;
   const int64_t block_shift_;  // log2(block_size)
@@ -932,6 +1058,20 @@ void paged_attention(const AttentionParams& p, TokenHeadView<scalar_t> out, Toke
   // The glue's checks guarantee this; the work split divides by both.
   TORCH_INTERNAL_ASSERT(p.num_kv_heads >= 1 && p.num_q_heads >= p.num_kv_heads && p.num_q_heads % p.num_kv_heads == 0);
   PagedAttention<scalar_t>(p, out, query, k_cache, v_cache).run();
+}
+
+template <typename scalar_t>
+void paged_attention_quant(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,
+                           const QuantCacheIn& c) {
+  TORCH_INTERNAL_ASSERT(p.num_kv_heads >= 1 && p.num_q_heads >= p.num_kv_heads && p.num_q_heads % p.num_kv_heads == 0);
+  if (c.int8)
+    PagedAttention<scalar_t, int8_t>(p, out, query, static_cast<const int8_t*>(c.k), static_cast<const int8_t*>(c.v),
+                                     c.k_scales, c.v_scales)
+        .run();
+  else
+    PagedAttention<scalar_t, Fp8>(p, out, query, static_cast<const Fp8*>(c.k), static_cast<const Fp8*>(c.v),
+                                  c.k_scales, c.v_scales)
+        .run();
 }
 
 LMX_INSTANTIATE_PAGED_ATTENTION(float)

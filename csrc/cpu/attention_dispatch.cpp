@@ -18,6 +18,9 @@ namespace lmx::cpu {
   template <typename scalar_t>                                                                            \
   void paged_attention(const AttentionParams&, TokenHeadView<scalar_t>, TokenHeadView<const scalar_t>,   \
                        const scalar_t*, const scalar_t*);                                                 \
+  template <typename scalar_t>                                                                            \
+  void paged_attention_quant(const AttentionParams&, TokenHeadView<scalar_t>, TokenHeadView<const scalar_t>, \
+                             const QuantCacheIn&);                                                        \
   }
 LMX_DECLARE_ISA(baseline)
 #if defined(LMX_HAVE_AVX2)
@@ -94,6 +97,15 @@ void paged_attention(const AttentionParams& p, TokenHeadView<scalar_t> out, Toke
   if (use_avx2()) return avx2::paged_attention<scalar_t>(p, out, query, k_cache, v_cache);
 #endif
   baseline::paged_attention<scalar_t>(p, out, query, k_cache, v_cache);
+}
+
+template <typename scalar_t>
+void paged_attention_quant(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,
+                           const QuantCacheIn& cache) {
+#if defined(LMX_HAVE_AVX2)
+  if (use_avx2()) return avx2::paged_attention_quant<scalar_t>(p, out, query, cache);
+#endif
+  baseline::paged_attention_quant<scalar_t>(p, out, query, cache);
 }
 
 LMX_INSTANTIATE_PAGED_ATTENTION(float)

@@ -20,6 +20,25 @@ struct TokenHeadView {
   int64_t num_heads;
 };
 
+// A quantized cache pair being written (csrc/kv_quant_math.h): int8 rows plus their (scale, zero) [slots, Hkv, 2]
+// (written), or float8_e4m3fn bytes with per-head scales [Hkv] (read).
+struct QuantCacheOut {
+  bool int8;       // false: float8_e4m3fn
+  void* k;         // [num_blocks, block_size, Hkv, D] int8_t or uint8_t (fp8 bits), contiguous
+  void* v;
+  float* k_scales;
+  float* v_scales;
+};
+
+// The same, read by paged attention.
+struct QuantCacheIn {
+  bool int8;
+  const void* k;
+  const void* v;
+  const float* k_scales;
+  const float* v_scales;
+};
+
 // Rotary embedding in place on query and (optionally) key.
 template <typename scalar_t>
 void rotary_embedding(const RopeParams& rope,
@@ -37,7 +56,8 @@ void rotary_embedding(const RopeParams& rope,
                       TokenHeadView<const scalar_t> value,  // [T, Hkv, D]
                       scalar_t* k_cache,               // [num_blocks, block_size, Hkv, D], contiguous
                       scalar_t* v_cache,
-                      const int64_t* slot_mapping);    // [T]; negative = skip
+                      const int64_t* slot_mapping,     // [T]; negative = skip
+                      const QuantCacheOut* quant = nullptr);  // instead of k_cache / v_cache: quantized caches
 
 // Scatter key / value rows into the paged caches (cache dtype may differ from the input dtype).
 template <typename in_t, typename cache_t>
@@ -48,6 +68,12 @@ void reshape_and_cache(int64_t num_tokens,
                        cache_t* k_cache,                  // [num_blocks, block_size, Hkv, D], contiguous
                        cache_t* v_cache,
                        const int64_t* slot_mapping);      // [T]
+
+// reshape_and_cache into a quantized cache pair (any activation dtype in).
+template <typename in_t>
+void reshape_and_cache_quant(int64_t num_tokens, int64_t head_dim, TokenHeadView<const in_t> key,
+                             TokenHeadView<const in_t> value, const QuantCacheOut& cache,
+                             const int64_t* slot_mapping);
 
 struct AttentionParams {
   int64_t num_seqs;
@@ -73,10 +99,18 @@ void paged_attention(const AttentionParams& p,
                      const scalar_t* k_cache,   // [num_blocks, block_size, Hkv, D], contiguous
                      const scalar_t* v_cache);
 
+// paged_attention over int8 or float8_e4m3fn caches: rows dequantized in registers (direct kernels) or into the
+// fp32 tiles (prefill), fp32 scores, softmax and accumulation.
+template <typename scalar_t>
+void paged_attention_quant(const AttentionParams& p, TokenHeadView<scalar_t> out, TokenHeadView<const scalar_t> query,
+                           const QuantCacheIn& cache);
+
 // Explicit instantiations of paged_attention<T> for the activation dtypes, in the current namespace.
 #define LMX_INSTANTIATE_PAGED_ATTENTION(T)                                                                 \
   template void paged_attention<T>(const AttentionParams&, TokenHeadView<T>, TokenHeadView<const T>, const T*, \
-                                   const T*);
+                                   const T*);                                                              \
+  template void paged_attention_quant<T>(const AttentionParams&, TokenHeadView<T>, TokenHeadView<const T>,   \
+                                         const QuantCacheIn&);
 
 // Name of the instruction set paged_attention uses on this machine: "avx512_bf16" (the AVX2 build with AVX-512
 // tiles for prefill, AVX512-BF16 ones for bf16), "avx512", "avx2" or "baseline". LMX_CPU_ISA=avx512, =avx2 or

@@ -2,11 +2,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
+#include "../kv_quant_math.h"
 #include "kernels.h"
 
 namespace lmx::cpu {
@@ -49,6 +51,52 @@ inline void copy_row(const src_t* src, dst_t* dst, int64_t n) {
   }
 }
 
+// One (token, kv head) row into a quantized cache: int8 with its (scale, zero) at sz[0..2), or fp8 with scale s.
+// This file is compiled without FMA (baseline flags), so zero = lo + 128 * scale rounds twice, as the reference.
+template <typename src_t>
+inline void quantize_row_int8(const src_t* x, int64_t n, int8_t* q, float* sz) {
+  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    finite = finite && std::isfinite(v);
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  const Int8Row r = int8_row(lo, hi, finite);
+  sz[0] = r.scale;
+  sz[1] = r.zero;
+  if (!r.quantize) {
+    std::memset(q, 0, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) q[i] = int8_quantize(static_cast<float>(x[i]), r);
+}
+
+template <typename src_t>
+inline void quantize_row_fp8(const src_t* x, int64_t n, float s, uint8_t* q) {
+  for (int64_t i = 0; i < n; ++i) q[i] = fp8_quantize(static_cast<float>(x[i]), s);
+}
+
+// Key and value rows of token t (all kv heads) into slot `slot` of a quantized cache pair.
+template <typename src_t>
+inline void write_quant_slot(const QuantCacheOut& c, TokenHeadView<const src_t> key, TokenHeadView<const src_t> value,
+                             int64_t t, int64_t slot, int64_t head_dim) {
+  const int64_t H = key.num_heads;
+  for (int64_t h = 0; h < H; ++h) {
+    const src_t* k = key.data + t * key.token_stride + h * key.head_stride;
+    const src_t* v = value.data + t * value.token_stride + h * value.head_stride;
+    const int64_t row = slot * H + h;
+    if (c.int8) {
+      quantize_row_int8(k, head_dim, static_cast<int8_t*>(c.k) + row * head_dim, c.k_scales + row * 2);
+      quantize_row_int8(v, head_dim, static_cast<int8_t*>(c.v) + row * head_dim, c.v_scales + row * 2);
+    } else {
+      quantize_row_fp8(k, head_dim, c.k_scales[h], static_cast<uint8_t*>(c.k) + row * head_dim);
+      quantize_row_fp8(v, head_dim, c.v_scales[h], static_cast<uint8_t*>(c.v) + row * head_dim);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -56,7 +104,7 @@ void rotary_embedding(const RopeParams& rope, bool is_neox, bool precise, int64_
                       const int64_t* positions, const int32_t* cu_seqlens, const int64_t* rope_seq_lens,
                       int64_t num_seqs, TokenHeadView<scalar_t> query, TokenHeadView<scalar_t> key,
                       TokenHeadView<const scalar_t> value, scalar_t* k_cache, scalar_t* v_cache,
-                      const int64_t* slot_mapping) {
+                      const int64_t* slot_mapping, const QuantCacheOut* quant) {
   const int64_t half = rope.rotary_dim / 2;
   double yarn_low = 0.0, yarn_high = 0.0;
   if (rope.scaling == RopeScaling::kYarn) yarn_correction_range(rope, &yarn_low, &yarn_high);
@@ -95,8 +143,13 @@ void rotary_embedding(const RopeParams& rope, bool is_neox, bool precise, int64_
       for (int64_t h = 0; h < key.num_heads; ++h)
         rotate_head(key.data + t * key.token_stride + h * key.head_stride, cos.data(), sin.data(), rope.rotary_dim,
                     is_neox);
-      if (k_cache == nullptr || slot_mapping[t] < 0) continue;
+      if ((k_cache == nullptr && quant == nullptr) || slot_mapping[t] < 0) continue;
       const int64_t slot = slot_mapping[t];
+      if (quant != nullptr) {
+        const TokenHeadView<const scalar_t> k{key.data, key.token_stride, key.head_stride, key.num_heads};
+        write_quant_slot(*quant, k, value, t, slot, head_dim);
+        continue;
+      }
       for (int64_t h = 0; h < key.num_heads; ++h) {
         copy_row(key.data + t * key.token_stride + h * key.head_stride,
                  k_cache + slot * slot_stride + h * head_dim, head_dim);
@@ -126,11 +179,23 @@ void reshape_and_cache(int64_t num_tokens, int64_t head_dim, TokenHeadView<const
   });
 }
 
+template <typename in_t>
+void reshape_and_cache_quant(int64_t num_tokens, int64_t head_dim, TokenHeadView<const in_t> key,
+                             TokenHeadView<const in_t> value, const QuantCacheOut& cache,
+                             const int64_t* slot_mapping) {
+  at::parallel_for(0, num_tokens, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      if (slot_mapping[t] >= 0) write_quant_slot(cache, key, value, t, slot_mapping[t], head_dim);
+  });
+}
+
 // Only the instantiations the binding dispatches to are compiled.
 #define LMX_INSTANTIATE_ROTARY(T)                                                                                  \
   template void rotary_embedding<T>(const RopeParams&, bool, bool, int64_t, int64_t, const int64_t*,             \
                                     const int32_t*, const int64_t*, int64_t, TokenHeadView<T>, TokenHeadView<T>, \
-                                    TokenHeadView<const T>, T*, T*, const int64_t*);
+                                    TokenHeadView<const T>, T*, T*, const int64_t*, const QuantCacheOut*);  \
+  template void reshape_and_cache_quant<T>(int64_t, int64_t, TokenHeadView<const T>, TokenHeadView<const T>,     \
+                                           const QuantCacheOut&, const int64_t*);
 LMX_INSTANTIATE_ROTARY(float)
 LMX_INSTANTIATE_ROTARY(c10::BFloat16)
 LMX_INSTANTIATE_ROTARY(c10::Half)
