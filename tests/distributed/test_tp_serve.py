@@ -1,0 +1,80 @@
+"""``lmx serve --tp 2``: started as a plain process (workers spawned) and under ``torchrun --nproc-per-node 2``
+(rank 1 binds no port); both answer like tp=1 and stop on SIGTERM with their workers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from engine_helpers import random_prompt
+from test_tp_launch import TORCHRUN, free_port, job_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from server_helpers import make_tiny_chat_model  # noqa: E402
+
+from lmx import EngineConfig, GenerationConfig, pipeline  # noqa: E402
+
+ENGINE_ARGS = ["--session-len", "128", "--dtype", "float32", "--device", "cpu", "--max-batch-size", "4",
+               "--threads", "1", "--num-blocks", "64", "--block-size", "16"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    return make_tiny_chat_model(tmp_path_factory.mktemp("tp-chat"))
+
+
+def expected_text(directory, prompt):
+    config = EngineConfig(session_len=128, dtype="float32", device="cpu", max_batch_size=4, num_threads=1,
+                          num_blocks=64, block_size=16)  # fmt: skip
+    with pipeline(directory, engine_config=config) as pipe:
+        return pipe(prompt, gen_config=GenerationConfig(max_new_tokens=12, ignore_eos=True)).text
+
+
+def serve_and_ask(cmd, port, prompt, stop_codes=(0, -signal.SIGTERM)):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=job_env())
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        body = {"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["choices"][0]["text"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+            assert code in stop_codes, proc.stdout.read()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_serve_tp2_spawns_workers(chat_model):
+    prompt = random_prompt(20, seed=9)
+    port = free_port()
+    cmd = [sys.executable, "-m", "lmx", "serve", str(chat_model), "--port", str(port), "--tp", "2", *ENGINE_ARGS]
+    assert serve_and_ask(cmd, port, prompt) == expected_text(chat_model, prompt)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this python")
+def test_serve_tp2_under_torchrun(chat_model):
+    prompt = random_prompt(20, seed=10)
+    port = free_port()
+    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           "-m", "lmx", "serve", str(chat_model), "--port", str(port), "--tp", "2", *ENGINE_ARGS]  # fmt: skip
+    # torchrun itself answers SIGTERM with exit status 1 (its SignalException), after stopping both ranks.
+    assert serve_and_ask(cmd, port, prompt, stop_codes=(0, 1)) == expected_text(chat_model, prompt)
