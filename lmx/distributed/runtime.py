@@ -283,7 +283,13 @@ class Runtime:
                     self.fail(str(e))
                 else:  # the workers may wait in a collective rank 0 never reaches: the ranks are out of step
                     dead = self._dead_worker(wait=1.0)
-                    self.fail(dead or f"tp: a step failed on rank 0 or in a collective ({type(e).__name__}: {e})")
+                    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    if dead is None and "timed out" in str(e).lower():
+                        dead = (f"tp: a collective timed out after {self.timeout:g} s (LMX_TP_TIMEOUT): a rank is "
+                                f"stuck or unreachable ({type(e).__name__}: {text[:300]})")  # fmt: skip
+                    self.fail(
+                        dead or f"tp: a step failed on rank 0 or in a collective ({type(e).__name__}: {text[:300]})"
+                    )
                 raise WorkerLostError(f"{self.broken}; this tensor-parallel engine cannot run another step") from e
 
     def _monitor(self) -> None:
@@ -356,7 +362,11 @@ def get_runtime(size: int, device: torch.device, worker_main: Any) -> Runtime:
     global _RUNTIME
     with _RUNTIME_LOCK:
         rt = _RUNTIME
-        if rt is not None and rt.broken is None and rt.size == size and rt.device == device:
+        if (
+            rt is not None
+            and rt.broken is None
+            and (rt.size, rt.device, rt.timeout) == (size, device, collective_timeout())
+        ):
             return rt
         if not launched_by_torchrun():
             check_local_size(size, device)

@@ -139,3 +139,20 @@ def test_worker_killed_during_generation(tp_models):
     finally:
         killer.cancel()
     assert time.monotonic() - start < DETECT_WITHIN
+
+
+def test_stuck_worker_times_out(tp_models, monkeypatch):
+    """A worker that stops answering (SIGSTOP) is caught by the collective timeout, not waited for forever."""
+    monkeypatch.setenv("LMX_TP_TIMEOUT", "4")  # a new timeout: a new pair of ranks
+    directory = tp_models("llama-default")
+    pipe = pipeline(directory, engine_config=fp32_engine_config(num_threads=1, tp=2))
+    [worker] = pipe.engine._tp.procs
+    assert len(pipe([1, 2, 3], gen_config=GREEDY).token_ids) == GREEDY.max_new_tokens
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(WorkerLostError, match=r"tp: a collective timed out after 4 s \(LMX_TP_TIMEOUT\)"):
+            pipe([1, 2, 3], gen_config=GREEDY)
+        assert time.monotonic() - start < 4 + DETECT_WITHIN
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
