@@ -31,6 +31,8 @@ def tp_models(tmp_path_factory):
                 write_internlm2(directory, llama)
             elif name == "llama-mqa":  # one KV head: 2 ranks replicate it
                 make_tiny_model(directory, "llama", "default", seed=4, num_key_value_heads=1)
+            elif name == "llama-tied":  # the LM head is the embedding (as SmolLM2's)
+                make_tiny_model(directory, "llama", "default", seed=6, tie_word_embeddings=True)
             else:
                 arch, rope = name.split("-")
                 make_tiny_model(directory, arch, rope, seed=1)

@@ -25,7 +25,7 @@ def run(directory, **overrides):
     return tokens, ppl, kv_bytes
 
 
-@pytest.mark.parametrize("name", ["llama-default", "qwen2-default", "internlm2", "llama-dynamic"])
+@pytest.mark.parametrize("name", ["llama-default", "qwen2-default", "internlm2", "llama-dynamic", "llama-tied"])
 def test_tp2_matches_tp1(tp_models, name):
     directory = tp_models(name)
     # A small prefill chunk: prompts are prefilled in several steps, batched with other sequences' decodes.
@@ -99,3 +99,16 @@ def test_engine_replaced_by_a_newer_one(tp_models):
         first([1, 2, 3], gen_config=GREEDY)
     assert len(second([1, 2, 3], gen_config=GREEDY).token_ids) == NEW_TOKENS
     second.close()
+
+
+def test_every_front_end_takes_tp(capsys):
+    from lmx.cli import build_parser, engine_config_from_args
+
+    parser = build_parser()
+    for command in (["serve"], ["passkey"], ["niah"], ["ppl"], ["repeat", "--docs", "x"], ["longbench", "--data", "x"],
+                    ["generate"], ["chat"]):  # fmt: skip
+        assert engine_config_from_args(parser.parse_args([*command, "--tp", "2"])).tp == 2, command
+    assert parser.parse_args(["demo", "--tp", "2"]).tp == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--tp", "0"])
+    assert "argument --tp: expected a positive integer, got '0'" in capsys.readouterr().err
