@@ -265,6 +265,8 @@ class Runtime:
     def check(self, token: int | None = None) -> None:
         if self.broken is not None:
             raise WorkerLostError(f"{self.broken}; this tensor-parallel engine cannot run; start a new one")
+        if token == -1:
+            raise RuntimeError("tp: this tensor-parallel engine was closed; build a new pipeline")
         if token is not None and token != self.token:
             raise RuntimeError(
                 "tp: this engine's workers now run a newer tensor-parallel engine of this process (one at a time); "

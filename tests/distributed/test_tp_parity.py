@@ -99,6 +99,8 @@ def test_engine_replaced_by_a_newer_one(tp_models):
         first([1, 2, 3], gen_config=GREEDY)
     assert len(second([1, 2, 3], gen_config=GREEDY).token_ids) == NEW_TOKENS
     second.close()
+    with pytest.raises(RuntimeError, match="this tensor-parallel engine was closed"):
+        second([1, 2, 3], gen_config=GREEDY)
 
 
 def test_every_front_end_takes_tp(capsys):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -35,7 +36,13 @@ def expected_text(directory, prompt):
         return pipe(prompt, gen_config=GenerationConfig(max_new_tokens=12, ignore_eos=True)).text
 
 
-def serve_and_ask(cmd, port, prompt, stop_codes=(0, -signal.SIGTERM)):
+def spawned_workers(pid: int) -> list[int]:
+    """The torch.multiprocessing children of process ``pid`` (not its resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def serve_and_ask(cmd, port, prompt, stop_codes=(0, -signal.SIGTERM), then=None):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=job_env())
     try:
         deadline = time.monotonic() + 120
@@ -51,6 +58,8 @@ def serve_and_ask(cmd, port, prompt, stop_codes=(0, -signal.SIGTERM)):
         body = {"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True}
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60)
         assert answer.status_code == 200, answer.text
+        if then is not None:
+            then(proc, port, body)
         return answer.json()["choices"][0]["text"]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -67,7 +76,16 @@ def test_serve_tp2_spawns_workers(chat_model):
     prompt = random_prompt(20, seed=9)
     port = free_port()
     cmd = [sys.executable, "-m", "lmx", "serve", str(chat_model), "--port", str(port), "--tp", "2", *ENGINE_ARGS]
-    assert serve_and_ask(cmd, port, prompt) == expected_text(chat_model, prompt)
+
+    def kill_the_worker(proc, port, body):  # the next request fails with the reason; /health says 503
+        [worker] = spawned_workers(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60)
+        assert answer.status_code >= 500 and "tp: worker rank 1" in answer.text, answer.text
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert health.status_code == 503 and "WorkerLostError" in health.text, health.text
+
+    assert serve_and_ask(cmd, port, prompt, then=kill_the_worker) == expected_text(chat_model, prompt)
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this python")
