@@ -124,6 +124,47 @@ def measured(budget_mib: int, block_size: int) -> list[dict]:
     return rows
 
 
+def failure_latency() -> dict:
+    """Seconds from a worker's SIGKILL (idle; mid-generation) or SIGSTOP (with LMX_TP_TIMEOUT=4) to the error."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engine"))
+    from engine_helpers import fp32_engine_config, make_tiny_model
+
+    from lmx import GenerationConfig, pipeline
+    from lmx.distributed.runtime import WorkerLostError
+
+    directory = Path(tempfile.mkdtemp(prefix="lmx-bench-tp-fail-"))
+    make_tiny_model(directory, "llama", "default", seed=1)
+    short, long = GenerationConfig(max_new_tokens=8, ignore_eos=True), GenerationConfig(max_new_tokens=400)
+    out = {}
+    for mode in ("killed_idle", "killed_mid_generation", "stopped_timeout_4s"):
+        if mode == "stopped_timeout_4s":
+            os.environ["LMX_TP_TIMEOUT"] = "4"
+        pipe = pipeline(directory, engine_config=fp32_engine_config(num_threads=1, tp=2))
+        pipe([1, 2, 3], gen_config=short)
+        [worker] = pipe.engine._tp.procs
+        start = None
+        try:
+            if mode == "killed_mid_generation":
+                for i, _ in enumerate(pipe.stream_infer([[7, 8, 9]] * 4, gen_config=long)):
+                    if i == 8:
+                        os.kill(worker.pid, signal.SIGKILL)
+                        start = time.monotonic()
+            else:
+                os.kill(worker.pid, signal.SIGKILL if mode == "killed_idle" else signal.SIGSTOP)
+                start = time.monotonic()
+                pipe([1, 2, 3], gen_config=short)
+        except WorkerLostError as e:
+            out[mode] = {"seconds": round(time.monotonic() - start, 3), "error": str(e)[:160]}
+        finally:
+            if mode == "stopped_timeout_4s":
+                os.kill(worker.pid, signal.SIGKILL)
+                del os.environ["LMX_TP_TIMEOUT"]
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device-gib", type=float, default=80.0, help="memory of one device (default 80)")
@@ -144,6 +185,11 @@ def main(argv=None) -> int:
         for r in result["measured"]:
             print(f"{r['tp']:>3} {r['kv_bytes_per_token_per_rank']:>20,} {str(r['kv_bytes_per_rank_64_blocks']):>32} "
                   f"{r['max_session_tokens']:>28,} {str(r['greedy_equal_tp1']):>12}")  # fmt: skip
+        print()
+        result["failure_latency"] = failure_latency()
+        print("failure detection (tiny Llama, tp=2): seconds from the signal to WorkerLostError")
+        for mode, r in result["failure_latency"].items():
+            print(f"  {mode:<24} {r['seconds']:>6.3f} s  {r['error'][:90]}")
         print()
     result["computed"] = computed_table(args.device_gib, args.cache_fraction, args.block_size)
     print(

@@ -370,7 +370,9 @@ def get_runtime(size: int, device: torch.device, worker_main: Any) -> Runtime:
             and (rt.size, rt.device, rt.timeout) == (size, device, collective_timeout())
         ):
             return rt
-        if not launched_by_torchrun():
+        if launched_by_torchrun():
+            _check_world(size)
+        else:
             check_local_size(size, device)
         if rt is not None:
             if rt.torchrun:

@@ -114,3 +114,11 @@ def test_every_front_end_takes_tp(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--tp", "0"])
     assert "argument --tp: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_tp_must_match_the_torchrun_world(tp_models, monkeypatch):
+    for key, value in dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(key, value)
+    directory = tp_models("llama-default")
+    with pytest.raises(ValueError, match=r"tp: expected the torchrun job's WORLD_SIZE \(2\) ranks, got tp=4"):
+        pipeline(directory, engine_config=fp32_engine_config(tp=4))
