@@ -86,6 +86,8 @@ class LLMEngine:
                                           rope_scaling=config.rope_scaling), 0, config.tp)  # fmt: skip
         from .tp_worker import spawned_main
 
+        if self.device.type == "cuda" and self.device.index is None:  # rank r uses cuda:r (cuda:LOCAL_RANK)
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         rt = tp_runtime.get_runtime(config.tp, self.device, spawned_main)
         if config.num_threads is None and self.device.type == "cpu" and not rt.torchrun:
             threads = max(1, (os.cpu_count() or 1) // config.tp)  # the ranks share this machine's cores
