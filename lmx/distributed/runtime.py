@@ -35,6 +35,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -195,7 +196,16 @@ class Runtime:
                 "expected RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT with WORLD_SIZE = tp, or no process group"
             )
         check_local_size(self.size, self.device)
-        store = dist.TCPStore("127.0.0.1", 0, self.size, is_master=True, timeout=td, wait_for_workers=False)
+        # Everything binds 127.0.0.1: the store listens on a socket bound here, and Gloo's pairs use the loopback
+        # device (the workers inherit GLOO_SOCKET_IFNAME) unless the user chose an interface.
+        if self.backend == "gloo" and os.path.exists("/sys/class/net/lo"):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        self._listener = listener  # the store serves on this socket: keep it open
+        store = dist.TCPStore("127.0.0.1", listener.getsockname()[1], self.size, is_master=True, timeout=td,
+                              wait_for_workers=False, master_listen_fd=listener.fileno())  # fmt: skip
         ctx = torch.multiprocessing.get_context("spawn")
         for rank in range(1, self.size):
             proc = ctx.Process(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -153,3 +154,31 @@ def test_stuck_worker_times_out(tp_models, monkeypatch):
         assert time.monotonic() - start < 4 + DETECT_WITHIN
     finally:
         os.kill(worker.pid, signal.SIGKILL)
+
+
+def listening_addresses(pids) -> set[str]:
+    """Local addresses of the TCP sockets in LISTEN state that processes ``pids`` hold (Linux /proc)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.add(fields[1].split(":")[0])
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_ranks_listen_on_loopback_only(tp_models):
+    directory = tp_models("llama-default")
+    with pipeline(directory, engine_config=fp32_engine_config(num_threads=1, tp=2)) as pipe:
+        pipe([1, 2, 3], gen_config=GREEDY)
+        pids = [os.getpid()] + [w.pid for w in pipe.engine._tp.procs]
+        addresses = listening_addresses(pids)
+    assert addresses and addresses <= {"0100007F"}, addresses  # 127.0.0.1, little-endian hex
