@@ -203,9 +203,10 @@ class Runtime:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)
-        self._listener = listener  # the store serves on this socket: keep it open
-        store = dist.TCPStore("127.0.0.1", listener.getsockname()[1], self.size, is_master=True, timeout=td,
-                              wait_for_workers=False, master_listen_fd=listener.fileno())  # fmt: skip
+        port = listener.getsockname()[1]
+        # The store takes the socket over (it closes the fd when it goes): detach it from the Python object.
+        store = dist.TCPStore("127.0.0.1", port, self.size, is_master=True, timeout=td, wait_for_workers=False,
+                              master_listen_fd=listener.detach())  # fmt: skip
         ctx = torch.multiprocessing.get_context("spawn")
         for rank in range(1, self.size):
             proc = ctx.Process(
@@ -303,6 +304,9 @@ class Runtime:
                         dead or f"tp: a step failed on rank 0 or in a collective ({type(e).__name__}: {text[:300]})"
                     )
                 raise WorkerLostError(f"{self.broken}; this tensor-parallel engine cannot run another step") from e
+            except BaseException:  # KeyboardInterrupt mid-step: the workers are left inside the step
+                self.fail("tp: a step was interrupted on rank 0; the ranks are out of step")
+                raise
 
     def _monitor(self) -> None:
         sentinels = {proc.sentinel: (rank, proc) for rank, proc in enumerate(self.procs, 1)}

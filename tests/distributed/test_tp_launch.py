@@ -182,3 +182,19 @@ def test_ranks_listen_on_loopback_only(tp_models):
         pids = [os.getpid()] + [w.pid for w in pipe.engine._tp.procs]
         addresses = listening_addresses(pids)
     assert addresses and addresses <= {"0100007F"}, addresses  # 127.0.0.1, little-endian hex
+
+
+def test_interrupted_step_breaks_the_engine(tp_models, monkeypatch):
+    """Ctrl-C on rank 0 inside a step leaves the workers inside it: the engine says so instead of going on."""
+    directory = tp_models("llama-default")
+    pipe = pipeline(directory, engine_config=fp32_engine_config(num_threads=1, tp=2))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipe.engine.runner, "model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipe([1, 2, 3], gen_config=GREEDY)
+    monkeypatch.undo()
+    with pytest.raises(WorkerLostError, match="tp: a step was interrupted on rank 0; the ranks are out of step"):
+        pipe([1, 2, 3], gen_config=GREEDY)

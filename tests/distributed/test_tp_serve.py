@@ -89,10 +89,23 @@ def test_serve_tp2_spawns_workers(chat_model):
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this python")
-def test_serve_tp2_under_torchrun(chat_model):
+def test_serve_tp2_on_two_torchrun_nodes(chat_model):
+    """The README's multi-node command, both nodes on 127.0.0.1: node 1's rank binds no port and leaves with node 0."""
     prompt = random_prompt(20, seed=10)
-    port = free_port()
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           "-m", "lmx", "serve", str(chat_model), "--port", str(port), "--tp", "2", *ENGINE_ARGS]  # fmt: skip
-    # torchrun itself answers SIGTERM with exit status 1 (its SignalException), after stopping both ranks.
-    assert serve_and_ask(cmd, port, prompt, stop_codes=(0, 1)) == expected_text(chat_model, prompt)
+    port, master = free_port(), str(free_port())
+
+    def node(rank: int) -> list[str]:
+        return [str(TORCHRUN), "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+                "--master-addr", "127.0.0.1", "--master-port", master,
+                "-m", "lmx", "serve", str(chat_model), "--port", str(port), "--tp", "2", *ENGINE_ARGS]  # fmt: skip
+
+    other = subprocess.Popen(node(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=job_env())
+    try:
+        # torchrun itself answers SIGTERM with exit status 1 (its SignalException), after stopping its rank.
+        assert serve_and_ask(node(0), port, prompt, stop_codes=(0, 1)) == expected_text(chat_model, prompt)
+        out, _ = other.communicate(timeout=60)
+        assert "lmx serve:" not in out  # only node 0 served
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
