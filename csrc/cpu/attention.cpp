@@ -47,6 +47,7 @@ constexpr int64_t kKeyTile = 256;      // keys per tile
 constexpr int64_t kDirectKeyTile = 64;  // keys per tile of the direct (decode) kernels
 constexpr int64_t kRowsPerTile = 256;  // target query rows (tokens × group) per work item
 constexpr int64_t kMinKeysPerSplit = 512;
+constexpr int64_t kSplitItems = 32;
 constexpr int64_t kAllHeadRows = 64;    // direct kernels: a sequence with n * Hq <= this is one item over all heads
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -709,10 +710,11 @@ class PagedAttention {
       }
     }
     if (tiles.empty()) return;  // no sequence has queries
-    // Split the key range when the items alone cannot keep every thread busy.
-    const int64_t threads = at::get_num_threads();
+    // Split the key range when there are too few items to keep the threads busy (decode of a few long sequences):
+    // into about kSplitItems items of at least kMinKeysPerSplit keys. Not a function of the thread count, so the
+    // result (the order of the fp32 sums) is the same on one thread or many.
     int64_t splits = 1;
-    if (static_cast<int64_t>(tiles.size()) < 4 * threads) splits = (4 * threads + tiles.size() - 1) / tiles.size();
+    if (static_cast<int64_t>(tiles.size()) < kSplitItems) splits = (kSplitItems + tiles.size() - 1) / tiles.size();
     int64_t partial_rows = 0;
     for (const WorkItem& tile : tiles) {
       const int64_t span = tile.key_end - tile.key_begin;

@@ -12,6 +12,7 @@ import numbers
 import operator
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -152,15 +153,55 @@ _WIDEN_BF16 = not cpu_has_native_bf16()
 # the other threads costs more than the op (measured on a busy 2-core machine: a [2048, 576] multiply took 17 ms
 # on two threads against 0.07 ms on one; a one-row bf16 GEMV 17 ms: a woken thread waits for the scheduler's tick,
 # 4 ms here). ``kernel_threads`` runs a CPU forward on one thread and gives the GEMMs and the attention kernels
-# (``all_threads``) every thread again. In a decode-sized step (under ``_PARALLEL_MIN_TOKENS`` tokens) only the ops
-# that read at least ``_PARALLEL_MIN_BYTES`` get them: at an 8k context SmolLM2-135M's fp32 decode step reads
-# 0.9 GB (weights and K/V), more bandwidth than one core draws (measured on 2 quiet cores: attention 23.5 -> 13.0
-# ms a step, oneDNN's GEMVs 29 -> 45 GB/s), while a tiny model's ops stay on one thread.
-# ``LMX_CPU_DECODE_THREADS=1`` keeps decode-sized steps on one thread throughout.
+# (``all_threads``) every thread again.
+# Decode-sized steps (under ``_PARALLEL_MIN_TOKENS`` tokens) read the weights and K/V (0.9 GB a token for
+# SmolLM2-135M in fp32 at an 8k context): on 2 quiet cores their GEMVs and attention run twice as fast on both
+# (attention 23.5 -> 13.0 ms a step, oneDNN's GEMVs 29 -> 45 GB/s), on cores other jobs keep busy ten times slower
+# (each of the ~150 fork/joins of a step waits for a tick). So ``_DecodeThreads`` times the decode steps both ways
+# and keeps the faster, trying the other one now and then; only ops that read ``_PARALLEL_MIN_BYTES`` fork at all
+# (a tiny model's never do). Both ways give the same numbers: the kernels' sums do not depend on the thread
+# count. ``LMX_CPU_DECODE_THREADS=1`` (or =all) fixes the choice.
 _PARALLEL_MIN_TOKENS = 64
 _PARALLEL_MIN_BYTES = 1 << 20
-_DECODE_ONE_THREAD = os.environ.get("LMX_CPU_DECODE_THREADS", "") == "1"
 _threads = threading.local()
+
+
+class _DecodeThreads:
+    """One thread or all for the big ops of decode-sized steps: whichever the recent steps ran faster."""
+
+    PROBE_EVERY = 16  # steps before the slower way is tried again; doubles each time it loses (up to 1024)
+
+    def __init__(self, fixed: str = "") -> None:
+        self.fixed = {"1": False, "all": True}.get(fixed)
+        self.ema: dict[bool, float | None] = {False: None, True: None}
+        self.interval = self.PROBE_EVERY
+        self.countdown = self.interval
+
+    def choose(self) -> bool:
+        if self.fixed is not None:
+            return self.fixed
+        for way in (True, False):
+            if self.ema[way] is None:
+                return way
+        best = self.ema[True] <= self.ema[False]
+        self.countdown -= 1
+        if self.countdown <= 0:
+            return not best  # a probe
+        return best
+
+    def record(self, parallel: bool, seconds: float) -> None:
+        if self.fixed is not None:
+            return
+        old = self.ema[parallel]
+        if old is not None and self.countdown <= 0:  # a probe: its time replaces the stale one
+            won = seconds < self.ema[not parallel]
+            self.interval = self.PROBE_EVERY if won else min(2 * self.interval, 1024)
+            self.countdown = self.interval
+            old = None
+        self.ema[parallel] = seconds if old is None else 0.7 * old + 0.3 * seconds
+
+
+_decode_threads = _DecodeThreads(os.environ.get("LMX_CPU_DECODE_THREADS", ""))
 
 
 @contextlib.contextmanager
@@ -171,12 +212,16 @@ def kernel_threads(device: torch.device, num_tokens: int):
         yield
         return
     small = num_tokens < _PARALLEL_MIN_TOKENS
-    _threads.n = 1 if small and _DECODE_ONE_THREAD else n
+    parallel = _decode_threads.choose() if small else True
+    _threads.n = n if parallel else 1
     _threads.small = small
     torch.set_num_threads(1)
+    t0 = time.perf_counter()
     try:
         yield
     finally:
+        if small:
+            _decode_threads.record(parallel, time.perf_counter() - t0)
         torch.set_num_threads(n)
         _threads.n = None
 
