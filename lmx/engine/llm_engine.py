@@ -236,6 +236,8 @@ class LLMEngine:
         detok = self._detokenizers.get(seq)
         if detok is not None:
             detok.finish(seq.output_ids)
+            if detok.stopped and seq.finish_reason == "length":
+                seq.finish_reason = "stop"  # the last allowed token completed a stop word: the text ends there
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
