@@ -9,6 +9,13 @@ throughput at that context, peak memory.
 AMX, fp32 elsewhere); ``float32``/``bfloat16`` force one for both. llama.cpp runs the GGUF's own quantised weights
 with flash attention on and every core. Each side runs in its own subprocess so that peak memory (ru_maxrss) is its
 own; ratios are lmx / other.
+
+``--kv-cache-dtype auto int8 fp8`` runs one lmx side per KV-cache format (``lmx``, ``lmx int8``, ``lmx fp8``) in
+the same alternating rounds and reports each against the ``auto`` cache; ``--no-transformers`` leaves the
+transformers side out (its 16k prefill alone takes minutes):
+
+    python bench/bench_engine.py --context 16384 --decode-tokens 64 --dtype float32 --kv-cache-dtype auto int8 \
+        --no-transformers --repeats 3 --json bench/results/engine-16384-kv-quant.json
 """
 
 from __future__ import annotations
@@ -113,7 +120,7 @@ def worker_lmx(args) -> dict:
         "smollm2-135m",
         engine_config=EngineConfig(
             dtype=args.dtype, device="cpu", session_len=session_len, max_batch_size=1, block_size=block_size,
-            num_blocks=num_blocks, **chunk,
+            num_blocks=num_blocks, kv_cache_dtype=args.kv_cache_dtype[0], **chunk,
         ),
     )  # fmt: skip
     engine = pipe.engine
@@ -128,10 +135,11 @@ def worker_lmx(args) -> dict:
     while not seq.is_finished:
         engine.step()
     decode_s = time.perf_counter() - t0
-    dtype = str(engine.runner.kv_cache.dtype).replace("torch.", "")
+    dtype = str(engine.dtype).replace("torch.", "")
     return {
         **_result(args, prefill_s, decode_s, seq.output_ids, dtype),
         "prefill_chunk": engine.config.max_prefill_token_num,
+        "kv_cache_dtype": str(engine.runner.kv_cache.dtype).replace("torch.", ""),
     }
 
 
@@ -146,7 +154,7 @@ def _result(args, prefill_s: float, decode_s: float, tokens: list[int], dtype: s
     }
 
 
-def run_worker(side: str, args) -> dict:
+def run_worker(side: str, args, kv_cache_dtype: str = "auto") -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -161,6 +169,7 @@ def run_worker(side: str, args) -> dict:
     ]
     if args.prefill_chunk is not None:
         cmd += ["--prefill-chunk", str(args.prefill_chunk)]
+    cmd += ["--kv-cache-dtype", kv_cache_dtype]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -187,6 +196,11 @@ def main() -> None:
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when it is installed")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all sides, alternating (medians)")
     parser.add_argument("--json", default=None, help="default: bench/results/engine-<context>.json")
+    parser.add_argument(
+        "--kv-cache-dtype", nargs="+", default=["auto"], choices=["auto", "int8", "fp8"],
+        help="lmx's KV cache format(s); several: one lmx side each, compared with the first",
+    )  # fmt: skip
+    parser.add_argument("--no-transformers", action="store_true", help="leave the transformers side out")
     parser.add_argument("--worker", choices=["hf", "lmx", "llama_cpp"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -194,7 +208,9 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    workers = {"transformers": "hf", "lmx": "lmx"}
+    workers = {} if args.no_transformers else {"transformers": "hf"}
+    kv_sides = {("lmx" if kv == "auto" else f"lmx {kv}"): kv for kv in args.kv_cache_dtype}
+    workers.update({name: "lmx" for name in kv_sides})
     if have_llama_cpp() and not args.no_llama_cpp:
         workers["llama.cpp"] = "llama_cpp"
     # --repeats rounds, the sides alternating within each (a machine whose speed drifts affects all alike); each
@@ -203,7 +219,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, worker in list(workers.items()):
             try:
-                runs[name].append(run_worker(worker, args))
+                runs[name].append(run_worker(worker, args, kv_sides.get(name, "auto")))
             except subprocess.CalledProcessError as e:
                 if name != "llama.cpp":
                     raise
@@ -218,7 +234,8 @@ def main() -> None:
             side[key + "_range"] = [values[0], values[-1]]
         side["runs"] = len(rs)
         sides[name] = side
-    lmx, others = sides["lmx"], [k for k in sides if k != "lmx"]
+    first = next(iter(kv_sides))
+    lmx, others = sides[first], [k for k in sides if k not in kv_sides]
     print(
         f"SmolLM2-135M, context {args.context}, {args.decode_tokens} decode steps, lmx prefill chunk "
         f"{lmx['prefill_chunk']}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
@@ -242,15 +259,22 @@ def main() -> None:
             + "".join(f"{v[key]:>14.1f}" for v in sides.values())
             + "".join(f"{ratios[k][key]:>21.2f}x" for k in others)
         )
-    hf = sides["transformers"]
+    kv_ratios = {}
+    for name in list(kv_sides)[1:]:  # each KV-cache format against the first
+        kv_ratios[name] = {key: sides[name][key] / lmx[key] for key in ("prefill_tok_s", "decode_tok_s")}
+        same = sum(a == b for a, b in zip(sides[name]["tokens"], lmx["tokens"]))
+        print(f"{name} / {first}: prefill {kv_ratios[name]['prefill_tok_s']:.2f}x, decode "
+              f"{kv_ratios[name]['decode_tok_s']:.2f}x tok/s; greedy tokens equal: {same}/{len(lmx['tokens'])}")  # fmt: skip
     if args.repeats > 1:
         for label, key in (("prefill tok/s", "prefill_tok_s"), ("decode tok/s", "decode_tok_s")):
             print(
                 f"{label + ' range':<16}"
                 + "".join(f"{'{:.0f}-{:.0f}'.format(*v[key + '_range']):>14}" for v in sides.values())
             )
-    same = sum(a == b for a, b in zip(hf["tokens"], lmx["tokens"]))
-    print(f"greedy tokens equal to transformers': {same}/{min(len(hf['tokens']), len(lmx['tokens']))}")
+    if "transformers" in sides:
+        hf = sides["transformers"]
+        same = sum(a == b for a, b in zip(hf["tokens"], lmx["tokens"]))
+        print(f"greedy tokens equal to transformers': {same}/{min(len(hf['tokens']), len(lmx['tokens']))}")
     result = {
         "context": args.context,
         "decode_tokens": args.decode_tokens,
@@ -260,6 +284,8 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "sides": sides,
         "ratio_lmx_over": ratios,
+        "kv_cache_dtypes": args.kv_cache_dtype,
+        "ratio_over_first_kv_cache": kv_ratios,
     }
     path = Path(args.json or Path(__file__).resolve().parent / "results" / f"engine-{args.context}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,11 @@ SDPA time / lmx time (> 1: lmx is faster). RoPE and the cache write are compared
     python bench/ops_cpu.py --full             # adds 16k prefill at 32/8/128 (slow)
     python bench/ops_cpu.py --json out.json
     python bench/ops_cpu.py --full --dtypes float32 --prefill-only --rounds 3   # the fp32 prefill grid
+    python bench/ops_cpu.py --kv-quant --rounds 7 --json bench/results/cpu-kv-quant.json   # int8 / fp8 caches
+
+``--kv-quant`` times decode over a 16k cache with fp32, bf16, int8 and fp8 caches (fp32 queries, bf16 ones for
+the bf16 cache), alternating round by round in one process, and the fused rotary + cache write into each; the
+ratios are against the fp32 cache. KV bytes count what the kernel reads: K and V rows plus int8's (scale, zero).
 """
 
 from __future__ import annotations
@@ -162,6 +167,130 @@ def bench_rope_and_cache(num_tokens: int, dtype_name: str, rounds: int) -> list[
     return results
 
 
+KV_QUANT_DTYPES = ("float32", "bfloat16", "int8", "float8_e4m3fn")
+
+
+def _quant_caches(k_cache: torch.Tensor, v_cache: torch.Tensor, name: str):
+    """The fp32 caches as ``name`` caches plus their scales (lmx.reference's quantization; fp8 scale 1.0)."""
+    from lmx import reference
+
+    if name in ("float32", "bfloat16"):
+        dt = getattr(torch, name)
+        return k_cache.to(dt), v_cache.to(dt), {}
+    if name == "int8":
+        (kq, ks), (vq, vs) = reference.quantize_int8(k_cache), reference.quantize_int8(v_cache)
+        return kq, vq, {"k_scales": ks, "v_scales": vs}
+    s = torch.ones(k_cache.shape[2])
+    return (
+        reference.quantize_fp8(k_cache, s),
+        reference.quantize_fp8(v_cache, s),
+        {"k_scales": s, "v_scales": s.clone()},
+    )
+
+
+def bench_kv_quant_decode(hq: int, hkv: int, d: int, length: int, rounds: int) -> list[dict]:
+    """One decode query over a ``length``-token cache in each cache dtype, alternating round by round."""
+    k = _paged(torch.randn(length, hkv, d))
+    v = _paged(torch.randn(length, hkv, d))
+    block_tables = torch.arange(k.shape[0], dtype=torch.int32)[None]
+    seq_lens = torch.tensor([length], dtype=torch.int32)
+    cu = torch.tensor([0, 1], dtype=torch.int32)
+    q32 = torch.randn(1, hq, d)
+    runs = {}
+    for name in KV_QUANT_DTYPES:
+        kc, vc, scales = _quant_caches(k, v, name)
+        q = q32.to(torch.bfloat16) if name == "bfloat16" else q32
+        out = torch.empty_like(q)
+        bytes_read = 2 * length * hkv * d * kc.element_size() + (2 * length * hkv * 8 if name == "int8" else 0)
+
+        def run(q=q, kc=kc, vc=vc, scales=scales, out=out):
+            ops.paged_attention(q, kc, vc, block_tables, seq_lens, cu, d**-0.5, out=out, **scales)
+
+        run()
+        runs[name] = (run, bytes_read)
+    inner = 20
+    # Wall time; with one thread also the thread's CPU time, which a machine shared with other jobs disturbs
+    # much less (what the kernel itself costs).
+    times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (run, _) in runs.items():
+            t0, c0 = time.perf_counter(), time.thread_time()
+            for _ in range(inner):
+                run()
+            times[name].append((time.perf_counter() - t0) / inner)
+            cpu[name].append((time.thread_time() - c0) / inner)
+    single = torch.get_num_threads() == 1
+    base = statistics.median(times["float32"])
+    base_cpu = statistics.median(cpu["float32"])
+    out = []
+    for name, (_, bytes_read) in runs.items():
+        t = statistics.median(times[name])
+        r = {
+            "op": "paged_attention decode", "length": length, "heads": f"{hq}/{hkv}/{d}", "kv_cache_dtype": name,
+            "threads": torch.get_num_threads(), "ms": t * 1e3, "kv_bytes": bytes_read, "kv_gbps": bytes_read / t / 1e9,
+            "speedup_vs_fp32_cache": base / t, "rounds": rounds, "times_ms": [x * 1e3 for x in times[name]],
+        }  # fmt: skip
+        if single:
+            c = statistics.median(cpu[name])
+            r.update(cpu_ms=c * 1e3, kv_gbps_cpu=bytes_read / c / 1e9, cpu_speedup_vs_fp32_cache=base_cpu / c)
+        out.append(r)
+    return out
+
+
+def bench_kv_quant_write(num_tokens: int, rounds: int) -> list[dict]:
+    """The fused rotary + cache write of fp32 activations into each cache dtype (32/8/128 heads)."""
+    hq, hkv, d = 32, 8, 128
+    rope = RopeConfig(rotary_dim=d, base=500000.0, scaling_type="dynamic", factor=2.0, max_position_embeddings=8192)
+    q0, k0, v = torch.randn(num_tokens, hq, d), torch.randn(num_tokens, hkv, d), torch.randn(num_tokens, hkv, d)
+    positions, slots = torch.arange(num_tokens), torch.arange(num_tokens)
+    fk = torch.zeros(num_tokens // BLOCK_SIZE, BLOCK_SIZE, hkv, d)
+    runs = {}
+    for name in ("float32", "int8", "float8_e4m3fn"):
+        kc, vc, scales = _quant_caches(fk, fk.clone(), name)
+        q, k = q0.clone(), k0.clone()
+
+        def run(q=q, k=k, kc=kc, vc=vc, scales=scales):
+            ops.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, **scales)
+
+        run()
+        runs[name] = run
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name] += _time(run, 1)
+    base = statistics.median(times["float32"])
+    return [
+        {"op": "rotary_embedding_and_cache", "tokens": num_tokens, "heads": f"{hq}/{hkv}/{d}", "kv_cache_dtype": n,
+         "ms": statistics.median(t) * 1e3, "time_vs_fp32_cache": statistics.median(t) / base, "rounds": rounds}
+        for n, t in times.items()
+    ]  # fmt: skip
+
+
+def main_kv_quant(args, info) -> None:
+    decode, write = [], []
+    print(f"{'decode 16k':<14}{'heads':>10}{'cache':>15}{'ms':>9}{'KV GB/s':>10}{'vs fp32 cache':>15}"
+          f"{'  (1 thread: CPU ms, GB/s, vs fp32)' if torch.get_num_threads() == 1 else ''}")  # fmt: skip
+    for hq, hkv, d in ((9, 3, 64), (32, 8, 128)):
+        for r in bench_kv_quant_decode(hq, hkv, d, 16384, args.rounds):
+            decode.append(r)
+            extra = ""
+            if "cpu_ms" in r:
+                extra = f"   {r['cpu_ms']:7.3f} {r['kv_gbps_cpu']:6.1f} {r['cpu_speedup_vs_fp32_cache']:6.2f}x"
+            print(f"{'':<14}{r['heads']:>10}{r['kv_cache_dtype']:>15}{r['ms']:>9.3f}{r['kv_gbps']:>10.1f}"
+                  f"{r['speedup_vs_fp32_cache']:>14.2f}x{extra}", flush=True)  # fmt: skip
+    print()
+    for r in bench_kv_quant_write(4096, args.rounds):
+        write.append(r)
+        print(f"rotary_embedding_and_cache 4096 tok {r['heads']} -> {r['kv_cache_dtype']:>14}: {r['ms']:.2f} ms "
+              f"({r['time_vs_fp32_cache']:.2f} x the fp32 cache's time)")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "command": "python bench/ops_cpu.py " + " ".join(sys.argv[1:]),
+                       "kv_quant_decode": decode, "kv_quant_write": write}, f, indent=1)  # fmt: skip
+        print(f"\nwrote {args.json}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (median is reported)")
@@ -169,7 +298,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated attention dtypes")
     parser.add_argument("--prefill-only", action="store_true", help="attention prefill cases only")
+    parser.add_argument("--kv-quant", action="store_true", help="only the int8 / fp8 KV-cache cases (decode, write)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     info = {
         "torch": torch.__version__,
@@ -181,6 +314,8 @@ def main() -> None:
         f"lmx CPU microbenchmarks — torch {info['torch']}, {info['threads']} threads, "
         f"attention ISA {info['lmx']['cpu_attention_isa']}, BLAS {info['lmx']['cpu_blas']}"
     )
+    if args.kv_quant:
+        return main_kv_quant(args, info)
     attention = []
     header = f"{'op':<8}{'len':>7}{'heads':>11}{'dtype':>10}{'lmx ms':>11}{'sdpa ms':>11}{'lmx/sdpa speed':>16}  rate"
     print(header)

@@ -48,6 +48,7 @@ constexpr int64_t kKeyTile = 256;      // keys per tile
 constexpr int64_t kDirectKeyTile = 64;  // keys per tile of the direct (decode) kernels
 constexpr int64_t kRowsPerTile = 256;  // target query rows (tokens × group) per work item
 constexpr int64_t kMinKeysPerSplit = 512;
+constexpr int64_t kSplitItems = 32;
 constexpr int64_t kAllHeadRows = 64;    // direct kernels: a sequence with n * Hq <= this is one item over all heads
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -484,7 +485,7 @@ template <typename cache_t, int NG>
 LMX_AVX512 void scores_group512(const float* q, const cache_t* const* k_rows, int64_t hoff, int64_t kt, int64_t D,
                                 float* s, int64_t ld) {
   int64_t j = 0;
-  const int64_t D16 = D / 16 * 16;  // a last 16-channel half vector, if D is an odd multiple of 8, goes by AVX2
+  const int64_t D16 = D;  // the callers pass D % 16 == 0 (every supported head dim)
   for (; j + 8 <= kt; j += 8) {
     __m256 t[NG][8];
     for (int p = 0; p < 8; p += 2) {
@@ -554,6 +555,123 @@ LMX_AVX512 void pv_group512(const float* p, int64_t ld, const cache_t* const* v_
       for (int g = 0; g < NG; ++g) a[g] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * ld + j]), x0, a[g]);
     }
     for (int g = 0; g < NG; ++g) _mm512_storeu_ps(acc + g * D + c, a[g]);
+  }
+}
+
+// The direct (decode) kernels with AVX-512: the same contract as scores_direct / pv_direct, sixteen channels a
+// vector (D a multiple of 16). P·V takes the rows that read the same kv head (the G query heads of a token) together,
+// so each value row is loaded once for all of them.
+LMX_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+LMX_AVX512 inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+}
+LMX_AVX512 inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+LMX_AVX512 inline __m256 fold16(__m512 a) {
+  return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+}
+
+template <typename scalar_t>
+LMX_AVX512 void scores_direct512(const float* q, const scalar_t* const* k_rows, const int64_t* off, int64_t rows,
+                                 int64_t kt, int64_t D, float* s) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* qr = q + r * D;
+    float* sr = s + r * kt;
+    const int64_t o = off[r];
+    int64_t j = 0;
+    for (; j + 8 <= kt; j += 8) {
+      const scalar_t* k0 = k_rows[j] + o;
+      const scalar_t* k1 = k_rows[j + 1] + o;
+      const scalar_t* k2 = k_rows[j + 2] + o;
+      const scalar_t* k3 = k_rows[j + 3] + o;
+      const scalar_t* k4 = k_rows[j + 4] + o;
+      const scalar_t* k5 = k_rows[j + 5] + o;
+      const scalar_t* k6 = k_rows[j + 6] + o;
+      const scalar_t* k7 = k_rows[j + 7] + o;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+      for (int64_t d = 0; d < D; d += 16) {
+        const __m512 qv = _mm512_loadu_ps(qr + d);
+        a0 = _mm512_fmadd_ps(qv, load16(k0 + d), a0);
+        a1 = _mm512_fmadd_ps(qv, load16(k1 + d), a1);
+        a2 = _mm512_fmadd_ps(qv, load16(k2 + d), a2);
+        a3 = _mm512_fmadd_ps(qv, load16(k3 + d), a3);
+        a4 = _mm512_fmadd_ps(qv, load16(k4 + d), a4);
+        a5 = _mm512_fmadd_ps(qv, load16(k5 + d), a5);
+        a6 = _mm512_fmadd_ps(qv, load16(k6 + d), a6);
+        a7 = _mm512_fmadd_ps(qv, load16(k7 + d), a7);
+      }
+      _mm256_storeu_ps(sr + j, hsum8(fold16(a0), fold16(a1), fold16(a2), fold16(a3), fold16(a4), fold16(a5),
+                                     fold16(a6), fold16(a7)));
+    }
+    for (; j < kt; ++j) {
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qr + d), load16(k_rows[j] + o + d), a);
+      sr[j] = _mm512_reduce_add_ps(a);
+    }
+  }
+}
+
+// acc[r0 + i, c + 16 u] += Σ_j p[r0 + i, j] v[j][o + c + 16 u] for R rows reading the same kv head, NV vectors.
+template <int R, int NV, typename scalar_t>
+LMX_AVX512 inline void pv_direct512_block(const float* p, const scalar_t* const* v, int64_t o, int64_t kt,
+                                          int64_t D, float* acc) {
+  __m512 a[R][NV];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) a[i][u] = _mm512_loadu_ps(acc + i * D + 16 * u);
+  for (int64_t j = 0; j < kt; ++j) {
+    bool masked = true;  // a key no row sees (p = 0) is skipped, as pv_direct does: its value may be inf
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) masked = masked && p[i * kt + j] == 0.0f;
+    if (masked) continue;
+    const scalar_t* vj = v[j] + o;
+    __m512 vv[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) vv[u] = load16(vj + 16 * u);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const __m512 pj = _mm512_set1_ps(p[i * kt + j]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) a[i][u] = _mm512_fmadd_ps(pj, vv[u], a[i][u]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + i * D + 16 * u, a[i][u]);
+}
+
+template <int R, typename scalar_t>
+LMX_AVX512 inline void pv_direct512_rows(const float* p, const scalar_t* const* v, int64_t o, int64_t kt, int64_t D,
+                                         float* acc) {
+  int64_t c = 0;
+  for (; c + 64 <= D; c += 64) pv_direct512_block<R, 4>(p, v, o + c, kt, D, acc + c);
+  switch ((D - c) / 16) {
+    case 3: pv_direct512_block<R, 3>(p, v, o + c, kt, D, acc + c); break;
+    case 2: pv_direct512_block<R, 2>(p, v, o + c, kt, D, acc + c); break;
+    case 1: pv_direct512_block<R, 1>(p, v, o + c, kt, D, acc + c); break;
+    default: break;
+  }
+}
+
+template <typename scalar_t>
+LMX_AVX512 void pv_direct512(const float* p, const scalar_t* const* v, const int64_t* off, int64_t rows, int64_t kt,
+                             int64_t D, float* acc) {
+  for (int64_t r0 = 0; r0 < rows;) {
+    int64_t run = 1;  // rows r0.. that read the same kv head (consecutive query heads of one token), at most 4
+    while (r0 + run < rows && run < 4 && off[r0 + run] == off[r0]) ++run;
+    const float* pr = p + r0 * kt;
+    float* ar = acc + r0 * D;
+    switch (run) {
+      case 4: pv_direct512_rows<4>(pr, v, off[r0], kt, D, ar); break;
+      case 3: pv_direct512_rows<3>(pr, v, off[r0], kt, D, ar); break;
+      case 2: pv_direct512_rows<2>(pr, v, off[r0], kt, D, ar); break;
+      default: pv_direct512_rows<1>(pr, v, off[r0], kt, D, ar); break;
+    }
+    r0 += run;
   }
 }
 #pragma GCC diagnostic pop
@@ -818,7 +936,7 @@ struct Scratch {
       zero_row.assign(head_dim, 0);
     }
     row_offset.resize(rows);
-    if (kQuantCache<scalar_t>) pq.resize(rows * kKeyTile);
+    if (kQuantCache<scalar_t>) pq.resize(3 * rows * kKeyTile);  // P·scale, then the int8 scales of a tile
     k_rows.resize(kKeyTile);
     v_rows.resize(kKeyTile);
   }
@@ -842,12 +960,14 @@ class PagedAttention {
   void run() {
     build_work();
     const int64_t num_threads = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(work_.size()));
+    int64_t max_rows = 1;  // scratch for the largest item only (decode items have a few rows, not kRowsPerTile)
+    for (const WorkItem& w : work_) max_rows = std::max(max_rows, w.q_count * w.kv_heads * group_);
     std::atomic<int64_t> next{0};
     // One task per thread; each pulls items (heaviest first) from a shared counter, so causal prefill tiles of
     // very different cost still balance.
     at::parallel_for(0, std::max<int64_t>(num_threads, 1), 1, [&](int64_t, int64_t) {
       Scratch<cache_t> scratch;
-      scratch.reserve(std::max(q_tile_ * group_, kAllHeadRows), p_.head_dim);
+      scratch.reserve(max_rows, p_.head_dim);
       const int previous_blas_threads = blas_single_thread();
       for (int64_t i = next.fetch_add(1); i < static_cast<int64_t>(work_.size()); i = next.fetch_add(1))
         process(work_[i], scratch);
@@ -883,10 +1003,11 @@ class PagedAttention {
       }
     }
     if (tiles.empty()) return;  // no sequence has queries
-    // Split the key range when the items alone cannot keep every thread busy.
-    const int64_t threads = at::get_num_threads();
+    // Split the key range when there are too few items to keep the threads busy (decode of a few long sequences):
+    // into about kSplitItems items of at least kMinKeysPerSplit keys. Not a function of the thread count, so the
+    // result (the order of the fp32 sums) is the same on one thread or many.
     int64_t splits = 1;
-    if (static_cast<int64_t>(tiles.size()) < 4 * threads) splits = (4 * threads + tiles.size() - 1) / tiles.size();
+    if (static_cast<int64_t>(tiles.size()) < kSplitItems) splits = (kSplitItems + tiles.size() - 1) / tiles.size();
     int64_t partial_rows = 0;
     for (const WorkItem& tile : tiles) {
       const int64_t span = tile.key_end - tile.key_begin;
@@ -967,6 +1088,7 @@ class PagedAttention {
     // rows), portable loops on staged tiles (otherwise).
     const bool use_blas = blas_sgemm() != nullptr && rows >= 16 && w.kv_heads == 1;
     const bool direct = kDirect && !use_blas;
+    [[maybe_unused]] const bool direct512 = direct && tiles512_ && D % 16 == 0;  // the AVX-512 direct kernels
 
     // Direct tiles are smaller: their K/V rows are re-read once per query head and should stay in L1/L2.
     const int64_t key_tile = direct ? kDirectKeyTile : kKeyTile;
@@ -979,6 +1101,8 @@ class PagedAttention {
         row_pointers(v_cache_, w.seq, w.kv_head, j0, j1, sc.v_rows.data());
         if constexpr (kQuantCache<cache_t>)
           scores_direct_quant(w, sc, rows, kt, s);
+        else if (direct512)
+          scores_direct512(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, kt, D, s);
         else
           scores_direct(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, kt, D, s);
       }
@@ -1045,6 +1169,8 @@ class PagedAttention {
 #if defined(LMX_DIRECT_KERNELS)
         if constexpr (kQuantCache<cache_t>)
           pv_direct_quant(w, sc, s, rows, kt);
+        else if (direct512)
+          pv_direct512(s, sc.v_rows.data(), sc.row_offset.data(), rows, kt, D, sc.acc.data());
         else
           pv_direct(s, sc.v_rows.data(), sc.row_offset.data(), rows, kt, D, sc.acc.data());
 #endif
@@ -1185,27 +1311,42 @@ class PagedAttention {
   // Quantized direct kernels. Row r's kv head is w.kv_head + off[r] / D; key j's cache row index (slot * Hkv +
   // kv head) is (k_rows[j] - k_cache_) / D + off[r] / D. Scores: s = scale_j (q · k_int_j) + zero_j Σq (fp8:
   // zero 0, scale s[h]); P·V: acc += Σ_j (p_j scale_j) v_raw_j + Σ_j p_j zero_j.
+  // int8: the (scale, zero) of every key of the tile for each kv head of the item, head-major (sc.sz: scale [kv_heads,
+  // kt] then zero [kv_heads, kt]), so the per-row loops below run over contiguous keys and vectorise.
+  void gather_scales(const WorkItem& w, const cache_t* const* rows_of, const cache_t* cache, const float* scales,
+                     int64_t kt, float* sz) const {
+    const int64_t D = p_.head_dim, H = w.kv_heads;
+    for (int64_t j = 0; j < kt; ++j) {
+      const float* row = scales + (rows_of[j] - cache) / D * 2;  // the key's first kv head of the item
+      for (int64_t h = 0; h < H; ++h) {
+        sz[h * kt + j] = row[2 * h];
+        sz[(H + h) * kt + j] = row[2 * h + 1];
+      }
+    }
+  }
+
   void scores_direct_quant(const WorkItem& w, Scratch<cache_t>& sc, int64_t rows, int64_t kt, float* s) const {
     if constexpr (kQuantCache<cache_t>) {
-      const int64_t D = p_.head_dim;
+      const int64_t D = p_.head_dim, H = w.kv_heads;
       scores_quant_rows(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, group_, kt, D, s,
                         tiles512_);  // raw dots
-      const float* sz_rows[kKeyTile];  // int8: (scale, zero) of each key's first kv head of the item
-      if constexpr (std::is_same_v<cache_t, int8_t>)
-        for (int64_t j = 0; j < kt; ++j) sz_rows[j] = k_scales_ + (sc.k_rows[j] - k_cache_) / D * 2;
+      float* sz = sc.pq.data() + rows * kKeyTile;
+      if constexpr (std::is_same_v<cache_t, int8_t>) gather_scales(w, sc.k_rows.data(), k_cache_, k_scales_, kt, sz);
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = s + r * kt;
         const int64_t hr = sc.row_offset[r] / D;
         if constexpr (std::is_same_v<cache_t, int8_t>) {
           const float* qr = sc.q.data() + r * D;
           float qsum = 0.0f;
+#pragma omp simd reduction(+ : qsum)
           for (int64_t d = 0; d < D; ++d) qsum += qr[d];
-          for (int64_t j = 0; j < kt; ++j) {
-            const float* sz = sz_rows[j] + hr * 2;
-            sr[j] = sz[0] * sr[j] + sz[1] * qsum;
-          }
+          const float* scale = sz + hr * kt;
+          const float* zero = sz + (H + hr) * kt;
+#pragma omp simd
+          for (int64_t j = 0; j < kt; ++j) sr[j] = scale[j] * sr[j] + zero[j] * qsum;
         } else {
           const float sh = k_scales_[w.kv_head + hr];
+#pragma omp simd
           for (int64_t j = 0; j < kt; ++j) sr[j] *= sh;
         }
       }
@@ -1214,31 +1355,30 @@ class PagedAttention {
 
   void pv_direct_quant(const WorkItem& w, Scratch<cache_t>& sc, const float* p, int64_t rows, int64_t kt) const {
     if constexpr (kQuantCache<cache_t>) {
-      const int64_t D = p_.head_dim;
+      const int64_t D = p_.head_dim, H = w.kv_heads;
       float* pq = sc.pq.data();
-      const float* sz_rows[kKeyTile];
-      if constexpr (std::is_same_v<cache_t, int8_t>)
-        for (int64_t j = 0; j < kt; ++j) sz_rows[j] = v_scales_ + (sc.v_rows[j] - v_cache_) / D * 2;
+      float* sz = pq + rows * kKeyTile;
+      if constexpr (std::is_same_v<cache_t, int8_t>) gather_scales(w, sc.v_rows.data(), v_cache_, v_scales_, kt, sz);
       for (int64_t r = 0; r < rows; ++r) {
         const float* pr = p + r * kt;
         float* qr = pq + r * kt;
         const int64_t hr = sc.row_offset[r] / D;
         if constexpr (std::is_same_v<cache_t, int8_t>) {
+          const float* scale = sz + hr * kt;
+          const float* zero = sz + (H + hr) * kt;
           float zsum = 0.0f;
-          for (int64_t j = 0; j < kt; ++j) {
-            if (pr[j] == 0.0f) {  // a masked key: skipped, as the float kernels skip it
-              qr[j] = 0.0f;
-              continue;
-            }
-            const float* sz = sz_rows[j] + hr * 2;
-            qr[j] = pr[j] * sz[0];
-            zsum += pr[j] * sz[1];
+#pragma omp simd reduction(+ : zsum)
+          for (int64_t j = 0; j < kt; ++j) {  // a masked key (p = 0) is skipped, as the float kernels skip it
+            const bool on = pr[j] != 0.0f;
+            qr[j] = on ? pr[j] * scale[j] : 0.0f;
+            zsum += on ? pr[j] * zero[j] : 0.0f;
           }
           float* acc = sc.acc.data() + r * D;
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) acc[d] += zsum;
         } else {
           const float sh = v_scales_[w.kv_head + hr];
+#pragma omp simd
           for (int64_t j = 0; j < kt; ++j) qr[j] = pr[j] * sh;
         }
       }

@@ -55,21 +55,22 @@ inline void copy_row(const src_t* src, dst_t* dst, int64_t n) {
 // This file is compiled without FMA (baseline flags), so zero = lo + 128 * scale rounds twice, as the reference.
 template <typename src_t>
 inline void quantize_row_int8(const src_t* x, int64_t n, int8_t* q, float* sz) {
-  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-  bool finite = true;
+  float lo = std::numeric_limits<float>::infinity(), hi = -lo, nonfinite = 0.0f;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : nonfinite)
   for (int64_t i = 0; i < n; ++i) {
     const float v = static_cast<float>(x[i]);
-    finite = finite && std::isfinite(v);
     lo = v < lo ? v : lo;
     hi = v > hi ? v : hi;
+    nonfinite += v - v;  // 0 for finite values, NaN for inf and NaN
   }
-  const Int8Row r = int8_row(lo, hi, finite);
+  const Int8Row r = int8_row(lo, hi, nonfinite == 0.0f);
   sz[0] = r.scale;
   sz[1] = r.zero;
   if (!r.quantize) {
     std::memset(q, 0, n);
     return;
   }
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) q[i] = int8_quantize(static_cast<float>(x[i]), r);
 }
 

@@ -80,6 +80,9 @@ class EngineConfig:
         enable_prefix_caching: keep the KV blocks of finished requests and reuse them for a new request that
             starts with the same tokens (same document, next chat turn): only the rest of its prompt is computed.
             Results are unchanged; perplexity requests always compute every token.
+        tp: tensor-parallel ranks (``lmx.distributed``): the model's heads and MLP split over ``tp`` processes,
+            each holding the KV cache of its heads only. Started with torch.multiprocessing on this machine, or
+            the ranks of the ``torchrun`` job this process is in (``WORLD_SIZE`` must equal ``tp``).
     """
 
     session_len: int | None = _cli(
@@ -125,6 +128,11 @@ class EngineConfig:
     enable_prefix_caching: bool = _cli(
         True, "bool", "reuse the KV blocks of earlier requests' shared prefixes", flag="--prefix-caching"
     )
+    tp: int = _cli(
+        1,
+        "positive_int",
+        "tensor-parallel ranks: the model's heads split over N processes (this machine, or the torchrun job's)",
+    )
 
     def __post_init__(self) -> None:
         _check_int("session_len", self.session_len, minimum=1, optional=True)
@@ -166,6 +174,7 @@ class EngineConfig:
                 f"enable_prefix_caching: expected a bool, got {type(self.enable_prefix_caching).__name__} "
                 f"{self.enable_prefix_caching!r}",
             )
+        _check_int("tp", self.tp, minimum=1)
 
 
 @dataclasses.dataclass

@@ -10,8 +10,9 @@ from collections.abc import Sequence as Seq
 
 import torch
 
+from lmx.distributed.shard import TPShard
 from lmx.loaders import Checkpoint, load_tokenizer, open_checkpoint
-from lmx.models import build_model
+from lmx.models import build_model, model_config
 from lmx.models.layers import cpu_has_native_bf16
 
 from .block_manager import BlockManager
@@ -24,6 +25,7 @@ from .scheduler import EngineBusyError, Scheduler
 from .sequence import Sequence
 
 _log = logging.getLogger("lmx.engine")
+log = logging.getLogger("lmx.tp")
 
 
 class LLMEngine:
@@ -32,12 +34,24 @@ class LLMEngine:
         if not isinstance(config, EngineConfig):
             raise TypeError(f"engine_config: expected an EngineConfig, got {type(config).__name__}")
         self.config = config
+        self._tp = None  # lmx.distributed.runtime.Runtime when config.tp > 1
+        self._tp_token = 0
+        if config.tp > 1:
+            from lmx.distributed import runtime as tp_runtime
+
+            if tp_runtime.torchrun_rank() not in (None, 0):  # a torchrun worker rank: serve rank 0, then exit
+                from .tp_worker import torchrun_main
+
+                torchrun_main(config.tp, config.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.checkpoint: Checkpoint = open_checkpoint(model)
         self.device = _resolve_device(config.device)
         self.dtype = _resolve_dtype(config.dtype, self.checkpoint.dtype, self.device)
-        self.model = self._load_model()
+        if config.tp > 1:
+            self._start_tp(tp_runtime)
+        else:
+            self.model = load_model(self.checkpoint, config, self.device, self.dtype)
         self.model_config = self.model.cfg
         rope = self.model_config.rope
         self.session_len = config.session_len or rope.context_len
@@ -55,6 +69,10 @@ class LLMEngine:
             num_blocks, config.block_size, num_blocks * config.block_size, self.kv_cache_stats()["kv_cache_dtype"],
             self.runner.kv_cache_bytes / 2**20, self.runner.kv_cache_bytes // num_blocks,
         )  # fmt: skip
+        # Each rank's KV-cache bytes (one entry without tensor parallelism).
+        self.kv_cache_bytes_per_rank = [self.runner.kv_cache_bytes]
+        if self._tp is not None:
+            self._alloc_tp(num_blocks)
         self.scheduler = Scheduler(
             self.block_manager, max_batch_size=config.max_batch_size,
             max_prefill_token_num=config.max_prefill_token_num, max_queued_requests=config.max_queued_requests,
@@ -68,20 +86,58 @@ class LLMEngine:
 
     # -- set-up --------------------------------------------------------------------------------------------------
 
-    def _load_model(self):
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)  # parameters are created directly in the target dtype
-        try:
-            with torch.device(self.device):
-                model = build_model(
-                    self.checkpoint.config,
-                    rope_scaling_factor=self.config.rope_scaling_factor,
-                    rope_scaling=self.config.rope_scaling,
-                )
-        finally:
-            torch.set_default_dtype(previous)
-        model.load_weights(self.checkpoint.weights())
-        return model.eval().requires_grad_(False)
+    def _start_tp(self, tp_runtime) -> None:
+        """Rank 0 of ``config.tp`` ranks: check the split, start (or reuse) the workers, load every shard."""
+        config = self.config
+        shard = TPShard.plan(model_config(self.checkpoint.config, rope_scaling_factor=config.rope_scaling_factor,
+                                          rope_scaling=config.rope_scaling), 0, config.tp)  # fmt: skip
+        from .tp_worker import spawned_main
+
+        if self.device.type == "cuda" and self.device.index is None:  # rank r uses cuda:r (cuda:LOCAL_RANK)
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        rt = tp_runtime.get_runtime(config.tp, self.device, spawned_main)
+        if config.num_threads is None and self.device.type == "cpu" and not rt.torchrun:
+            threads = max(1, (os.cpu_count() or 1) // config.tp)  # the ranks share this machine's cores
+            torch.set_num_threads(threads)
+        else:
+            threads = config.num_threads
+        spec = {"model": self.checkpoint.source, "config": config, "dtype": str(self.dtype).removeprefix("torch."),
+                "num_threads": threads}  # fmt: skip
+        with rt.guarded():
+            self._tp_token = rt.init_engine(spec)
+            self._tp = rt
+            error = None
+            try:
+                self.model = load_model(self.checkpoint, config, self.device, self.dtype, tp_size=config.tp)
+            except Exception as e:  # the workers wait in the gather below: answer it, then raise
+                error = e
+            replies = rt.gather(("error", str(error)) if error else ("ok", free_memory(self.device, rt.host_ranks)))
+        if error is not None:
+            raise error
+        failed = [(rank, why) for rank, (status, why) in enumerate(replies) if status == "error"]
+        if failed:
+            raise ValueError(f"tp: rank {failed[0][0]} could not load the model: {failed[0][1]}")
+        self._tp_free = min(free for _, free in replies)
+        log.warning("%s", shard.describe(self.model.cfg))
+
+    def _alloc_tp(self, num_blocks: int) -> None:
+        rt = self._tp
+        with rt.guarded(self._tp_token):
+            rt.alloc(num_blocks)
+            replies = rt.gather(("ok", self.kv_cache_bytes_per_rank[0]))
+        failed = [(rank, why) for rank, (status, why) in enumerate(replies) if status == "error"]
+        if failed:
+            raise ValueError(f"tp: rank {failed[0][0]} could not allocate {num_blocks} KV blocks: {failed[0][1]}")
+        self.kv_cache_bytes_per_rank = [size for _, size in replies]
+        self.runner.tp, self.runner.tp_token = rt, self._tp_token
+
+    def close(self) -> None:
+        """Free the workers' shards of a tensor-parallel engine (they stay up for the next engine); the engine
+        runs no further step. Without tensor parallelism: nothing to do."""
+        if self._tp is not None:
+            self._tp.close_engine(self._tp_token)
+            self._tp_token = -1
+            self.runner.tp_token = -1
 
     def kv_cache_stats(self) -> dict:
         """The KV cache's format and size: dtype (``auto`` resolved), blocks, tokens it holds, bytes."""
@@ -93,14 +149,12 @@ class LLMEngine:
         }  # fmt: skip
 
     def _default_num_blocks(self) -> int:
-        """``cache_max_entry_count`` of free memory, capped at what ``max_batch_size`` full sessions need."""
+        """``cache_max_entry_count`` of free memory, capped at what ``max_batch_size`` full sessions need (with
+        tensor parallelism: of the rank with the least free memory, in blocks of one rank's heads)."""
         per_block = ModelRunner.cache_bytes_per_block(
-            self.model_config, self.config.block_size, self.dtype, self.config.kv_cache_dtype
+            self.model.local_cfg, self.config.block_size, self.dtype, self.config.kv_cache_dtype
         )
-        if self.device.type == "cuda":
-            free = torch.cuda.mem_get_info(self.device)[0]
-        else:
-            free = _available_host_memory()
+        free = self._tp_free if self._tp is not None else free_memory(self.device)
         by_memory = int(free * self.config.cache_max_entry_count) // per_block
         needed = self.config.max_batch_size * -(-self.session_len // self.config.block_size)
         num_blocks = min(by_memory, needed)
@@ -200,6 +254,8 @@ class LLMEngine:
         detok = self._detokenizers.get(seq)
         if detok is not None:
             detok.finish(seq.output_ids)
+            if detok.stopped and seq.finish_reason == "length":
+                seq.finish_reason = "stop"  # the last allowed token completed a stop word: the text ends there
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
@@ -282,6 +338,35 @@ class LLMEngine:
         for _ in self.run_until_done(seqs):
             pass
         return [s.nll_sum / s.nll_count for s in seqs]
+
+
+def load_model(checkpoint: Checkpoint, config: EngineConfig, device: torch.device, dtype: torch.dtype, *,
+               tp_rank: int = 0, tp_size: int = 1, lm_head: bool = True):  # fmt: skip
+    """The model of ``checkpoint`` (rank ``tp_rank``'s shard when ``tp_size > 1``), weights loaded, eval mode."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters are created directly in the target dtype
+    try:
+        with torch.device(device):
+            model = build_model(
+                checkpoint.config,
+                rope_scaling_factor=config.rope_scaling_factor,
+                rope_scaling=config.rope_scaling,
+                tp_rank=tp_rank,
+                tp_size=tp_size,
+                lm_head=lm_head,
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    model.load_weights(checkpoint.weights())
+    return model.eval().requires_grad_(False)
+
+
+def free_memory(device: torch.device, host_ranks: int = 1) -> int:
+    """Bytes free for this rank's KV cache: the GPU's free memory, or this machine's available RAM shared by the
+    ``host_ranks`` ranks on it."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return _available_host_memory() // max(1, host_ranks)
 
 
 def _resolve_device(device: str) -> torch.device:

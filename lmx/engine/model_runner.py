@@ -58,11 +58,15 @@ class ModelRunner:
         self.block_size = block_size
         self.block_tables = block_tables
         self.device = device
+        # Tensor parallelism (rank 0): the lmx.distributed runtime that broadcasts each step to the workers.
+        self.tp = None
+        self.tp_token = 0
         # One allocation for all layers: [layers, 2 (k, v), num_blocks, block_size, Hkv, D]. torch.empty: pages
-        # are committed by the OS only when a block is first written.
+        # are committed by the OS only when a block is first written. Hkv: this rank's KV heads (model.local_cfg).
+        local = model.local_cfg
         self.kv_cache_dtype = kv_cache_torch_dtype(kv_cache_dtype, dtype)
         self.kv_cache = torch.empty(
-            cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, dtype=self.kv_cache_dtype,
+            cfg.num_layers, 2, num_blocks, block_size, local.num_kv_heads, cfg.head_dim, dtype=self.kv_cache_dtype,
             device=device,
         )  # fmt: skip
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(cfg.num_layers)]
@@ -71,10 +75,10 @@ class ModelRunner:
         self.kv_scales = None
         if self.kv_cache_dtype == torch.int8:
             self.kv_scales = torch.empty(
-                cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, 2, dtype=torch.float32, device=device
+                cfg.num_layers, 2, num_blocks, block_size, local.num_kv_heads, 2, dtype=torch.float32, device=device
             )
         elif self.kv_cache_dtype == torch.float8_e4m3fn:
-            self.kv_scales = torch.full((cfg.num_layers, 2, cfg.num_kv_heads), FP8_KV_SCALE, device=device)
+            self.kv_scales = torch.full((cfg.num_layers, 2, local.num_kv_heads), FP8_KV_SCALE, device=device)
         if self.kv_scales is not None:
             for i, (k_cache, v_cache) in enumerate(self.kv_caches):
                 attach_kv_scales(k_cache, self.kv_scales[i, 0])
@@ -97,7 +101,12 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, chunks: list[ScheduledChunk]) -> StepOutput:
         input_ids, ctx = self.prepare(chunks)
-        hidden = self.model(input_ids, ctx, self.kv_caches)  # [T, hidden]
+        if self.tp is None:
+            hidden = self.model(input_ids, ctx, self.kv_caches)  # [T, hidden]
+        else:
+            with self.tp.guarded(self.tp_token):  # the workers run the same step on their heads
+                self.tp.send_step(input_ids, ctx)
+                hidden = self.model(input_ids, ctx, self.kv_caches)
         ends = ctx.cu_seqlens_q[1:].tolist()
         sample_rows = [ends[i] - 1 for i, c in enumerate(chunks) if c.needs_sample]
         sample_seqs = [c.seq for c in chunks if c.needs_sample]

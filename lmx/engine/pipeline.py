@@ -82,6 +82,16 @@ class Pipeline:
     def __init__(self, model: str | os.PathLike, engine_config: EngineConfig | None = None) -> None:
         self.engine = LLMEngine(model, engine_config)
 
+    def close(self) -> None:
+        """Release a tensor-parallel engine's workers for the next engine (``tp > 1``; else nothing to do)."""
+        self.engine.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def tokenizer(self):
         return self.engine.tokenizer

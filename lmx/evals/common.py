@@ -45,6 +45,9 @@ def each_setting(factory: PipelineFactory, settings: list[RopeSetting]) -> Itera
         try:
             yield setting, pipe
         finally:
+            close = getattr(pipe, "close", None)  # a tensor-parallel engine frees its workers for the next one
+            if close is not None:
+                close()
             del pipe
             gc.collect()
 

@@ -31,7 +31,9 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     session_len = max(PASSKEY_LENGTHS) + 128
     kv = args.kv_cache_dtype
-    factory = engine_factory(args.model, session_len=session_len, num_threads=args.threads, kv_cache_dtype=kv)
+    factory = engine_factory(
+        args.model, session_len=session_len, num_threads=args.threads, tp=args.tp, kv_cache_dtype=kv
+    )
     print(f"lmx demo: {args.model}, passkey at {PASSKEY_LENGTHS} tokens x {args.rounds} rounds, "
           f"RoPE {', '.join(s.name for s in PASSKEY_SETTINGS)}; then a needle heatmap\n", flush=True)  # fmt: skip
 
@@ -41,7 +43,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(flush=True)
 
     niah_factory = engine_factory(
-        args.model, session_len=max(NIAH_LENGTHS) + 128, num_threads=args.threads, kv_cache_dtype=kv
+        args.model, session_len=max(NIAH_LENGTHS) + 128, num_threads=args.threads, tp=args.tp, kv_cache_dtype=kv
     )
     result_niah = niah.run_niah(niah_factory, [RopeSetting()], NIAH_LENGTHS, NIAH_DEPTHS, seed=args.seed)
     header = {"command": "demo/niah", "config": {"model": args.model, "seed": args.seed}}
@@ -77,6 +79,7 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=options.non_negative_int, default=0)
     parser.add_argument("--threads", type=options.positive_int, default=None)
+    parser.add_argument("--tp", type=options.positive_int, default=1, help="tensor-parallel ranks (EngineConfig.tp)")
     parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help="KV cache format")
     parser.add_argument("--output", default=str(Path("demo") / "results"), help="where JSON and PNGs go")
     parser.set_defaults(handler=run_demo)

@@ -17,7 +17,7 @@ MODEL_REGISTRY: dict[str, type[LlamaForCausalLM]] = {
     "InternLM2ForCausalLM": InternLM2ForCausalLM,
 }
 
-__all__ = ["MODEL_REGISTRY", "ForwardContext", "ModelConfig", "build_model", "resolve_architecture"]
+__all__ = ["MODEL_REGISTRY", "ForwardContext", "ModelConfig", "build_model", "model_config", "resolve_architecture"]
 
 
 def resolve_architecture(config: Mapping[str, Any]) -> type[LlamaForCausalLM]:
@@ -30,21 +30,40 @@ def resolve_architecture(config: Mapping[str, Any]) -> type[LlamaForCausalLM]:
     return MODEL_REGISTRY[arch]
 
 
-def build_model(
+def model_config(
     config: Mapping[str, Any],
     *,
     rope_scaling_factor: float | None = None,
     rope_scaling: Mapping[str, Any] | None = None,
-) -> LlamaForCausalLM:
-    """An uninitialised model (``torch.empty`` parameters) for ``config``; fill it with ``load_weights``."""
+) -> ModelConfig:
+    """The validated ``ModelConfig`` of ``config`` (what ``build_model`` builds)."""
     cls = resolve_architecture(config)
     if cls is InternLM2ForCausalLM and config.get("bias"):
         raise ValueError("config: InternLM2 with bias=true (biased wqkv and wo) is not supported; expected bias=false")
-    model_cfg = ModelConfig.from_dict(
+    return ModelConfig.from_dict(
         config,
         config["architectures"][0],
         rope_scaling_factor=rope_scaling_factor,
         rope_scaling=rope_scaling,
         attention_bias=True if getattr(cls, "ATTENTION_BIAS", False) else None,
     )
-    return cls(model_cfg)
+
+
+def build_model(
+    config: Mapping[str, Any],
+    *,
+    rope_scaling_factor: float | None = None,
+    rope_scaling: Mapping[str, Any] | None = None,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    lm_head: bool = True,
+) -> LlamaForCausalLM:
+    """An uninitialised model (``torch.empty`` parameters) for ``config``; fill it with ``load_weights``.
+
+    ``tp_size > 1``: rank ``tp_rank``'s shard of it (``lmx.distributed.TPShard``); ``lm_head=False`` leaves out
+    an untied LM head."""
+    from lmx.distributed.shard import TPShard
+
+    cls = resolve_architecture(config)
+    model_cfg = model_config(config, rope_scaling_factor=rope_scaling_factor, rope_scaling=rope_scaling)
+    return cls(model_cfg, TPShard.plan(model_cfg, tp_rank, tp_size), lm_head=lm_head)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import numbers
 import operator
+import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,11 +151,57 @@ _WIDEN_BF16 = not cpu_has_native_bf16()
 # CPU threading of a forward pass. Each element-wise op (RMSNorm's five, SiLU, the residual adds, casts) is a
 # fork/join of the intra-op thread pool around well under a millisecond of work; when the cores are shared, waking
 # the other threads costs more than the op (measured on a busy 2-core machine: a [2048, 576] multiply took 17 ms
-# on two threads against 0.07 ms on one; a one-row bf16 GEMV 17 ms). ``kernel_threads`` runs a CPU forward on one
-# thread and gives the GEMMs and the attention kernels (``all_threads``) every thread again when the step has at
-# least ``_PARALLEL_MIN_TOKENS`` tokens; a smaller step (decode) runs on one thread throughout.
+# on two threads against 0.07 ms on one; a one-row bf16 GEMV 17 ms: a woken thread waits for the scheduler's tick,
+# 4 ms here). ``kernel_threads`` runs a CPU forward on one thread and gives the GEMMs and the attention kernels
+# (``all_threads``) every thread again.
+# Decode-sized steps (under ``_PARALLEL_MIN_TOKENS`` tokens) read the weights and K/V (0.9 GB a token for
+# SmolLM2-135M in fp32 at an 8k context): on 2 quiet cores their GEMVs and attention run twice as fast on both
+# (attention 23.5 -> 13.0 ms a step, oneDNN's GEMVs 29 -> 45 GB/s), on cores other jobs keep busy ten times slower
+# (each of the ~150 fork/joins of a step waits for a tick). So ``_DecodeThreads`` times the decode steps both ways
+# and keeps the faster, trying the other one now and then; only ops that read ``_PARALLEL_MIN_BYTES`` fork at all
+# (a tiny model's never do). Both ways give the same numbers: the kernels' sums do not depend on the thread
+# count. ``LMX_CPU_DECODE_THREADS=1`` (or =all) fixes the choice.
 _PARALLEL_MIN_TOKENS = 64
+_PARALLEL_MIN_BYTES = 1 << 20
 _threads = threading.local()
+
+
+class _DecodeThreads:
+    """One thread or all for the big ops of decode-sized steps: whichever the recent steps ran faster."""
+
+    PROBE_EVERY = 16  # steps before the slower way is tried again; doubles each time it loses (up to 1024)
+
+    def __init__(self, fixed: str = "") -> None:
+        self.fixed = {"1": False, "all": True}.get(fixed)
+        self.ema: dict[bool, float | None] = {False: None, True: None}
+        self.interval = self.PROBE_EVERY
+        self.countdown = self.interval
+
+    def choose(self) -> bool:
+        if self.fixed is not None:
+            return self.fixed
+        for way in (True, False):
+            if self.ema[way] is None:
+                return way
+        best = self.ema[True] <= self.ema[False]
+        self.countdown -= 1
+        if self.countdown <= 0:
+            return not best  # a probe
+        return best
+
+    def record(self, parallel: bool, seconds: float) -> None:
+        if self.fixed is not None:
+            return
+        old = self.ema[parallel]
+        if old is not None and self.countdown <= 0:  # a probe: its time replaces the stale one
+            won = seconds < self.ema[not parallel]
+            self.interval = self.PROBE_EVERY if won else min(2 * self.interval, 1024)
+            self.countdown = self.interval
+            old = None
+        self.ema[parallel] = seconds if old is None else 0.7 * old + 0.3 * seconds
+
+
+_decode_threads = _DecodeThreads(os.environ.get("LMX_CPU_DECODE_THREADS", ""))
 
 
 @contextlib.contextmanager
@@ -162,20 +211,27 @@ def kernel_threads(device: torch.device, num_tokens: int):
     if device.type != "cpu" or n == 1 or getattr(_threads, "n", None) is not None:
         yield
         return
-    _threads.n = n if num_tokens >= _PARALLEL_MIN_TOKENS else 1
+    small = num_tokens < _PARALLEL_MIN_TOKENS
+    parallel = _decode_threads.choose() if small else True
+    _threads.n = n if parallel else 1
+    _threads.small = small
     torch.set_num_threads(1)
+    t0 = time.perf_counter()
     try:
         yield
     finally:
+        if small:
+            _decode_threads.record(parallel, time.perf_counter() - t0)
         torch.set_num_threads(n)
         _threads.n = None
 
 
 @contextlib.contextmanager
-def all_threads():
-    """Every intra-op thread for the ops within (inside ``kernel_threads``; elsewhere a no-op)."""
+def all_threads(nbytes: int | None = None):
+    """Every intra-op thread for the ops within (inside ``kernel_threads``; elsewhere a no-op); in a decode-sized
+    step only when the ops read ``nbytes >= _PARALLEL_MIN_BYTES``."""
     n = getattr(_threads, "n", None)
-    if n is None or n == 1:
+    if n is None or n == 1 or (_threads.small and (nbytes is None or nbytes < _PARALLEL_MIN_BYTES)):
         yield
         return
     torch.set_num_threads(n)
@@ -185,8 +241,26 @@ def all_threads():
         torch.set_num_threads(1)
 
 
+def _onednn_fp32_linear() -> bool:
+    """Whether fp32 CPU linear layers go to oneDNN (``torch.ops.mkldnn._linear_pointwise``) instead of
+    ``F.linear`` (MKL's sgemm). Measured on a 2-core AVX-512 AMD EPYC (Zen 5), where MKL runs its AVX2 code: a
+    prefill GEMM [2048, 576] x [576, 3072] 2.0-3.6x faster, a decode GEMV 1.7-2.6x (43-45 GB/s against 17 on two
+    threads; MKL's sgemv uses one). ``LMX_CPU_GEMM=torch`` keeps ``F.linear``."""
+    if os.environ.get("LMX_CPU_GEMM", "onednn") == "torch":
+        return False
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_FP32 = _onednn_fp32_linear()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    with all_threads():
+    with all_threads(weight.numel() * weight.element_size()):
+        if _ONEDNN_FP32 and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu":
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
         if _WIDEN_BF16 and x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.shape[0] >= _WIDEN_BF16_MIN_ROWS:
             b = None if bias is None else bias.float()
             return F.linear(x.float(), weight.float(), b).to(x.dtype)
@@ -227,7 +301,9 @@ def paged_self_attention(
     k = k.view(T, cfg.num_kv_heads, D)
     v = v.view(T, cfg.num_kv_heads, D)
     scales = dict(k_scales=kv_scales_of(k_cache), v_scales=kv_scales_of(v_cache))  # quantized caches only
-    with all_threads():
+    # About the K/V bytes the attention reads (the block tables' padded width; shapes only, no tensor op)
+    kv_bytes = 2 * ctx.block_tables.numel() * math.prod(k_cache.shape[1:]) * k_cache.element_size()
+    with all_threads(kv_bytes):
         ops.rotary_embedding_and_cache(
             q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.positions, cfg.rope,
             cu_seqlens=ctx.rope_cu_seqlens, rope_seq_lens=ctx.rope_seq_lens, **scales,

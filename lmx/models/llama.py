@@ -13,13 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmx.distributed.comm import all_reduce
+from lmx.distributed.shard import TPShard
+
 from .layers import ForwardContext, ModelConfig, kernel_threads, linear, paged_self_attention, rms_norm
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp_size: int = 1) -> None:
+        """``cfg``: this rank's config (``TPShard.local_config``: its heads and MLP rows); ``tp_size`` ranks sum
+        the partial outputs of ``o_proj`` and ``down`` (row-parallel)."""
         super().__init__()
         self.cfg = cfg
+        self.tp_size = tp_size
         H, D, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
         qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * D
         self.input_norm = nn.Parameter(torch.empty(H))
@@ -33,9 +39,10 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, ctx: ForwardContext, k_cache: torch.Tensor, v_cache: torch.Tensor):
         eps = self.cfg.rms_norm_eps
         qkv = linear(rms_norm(x, self.input_norm, eps), self.qkv, self.qkv_bias)
-        x = x + linear(paged_self_attention(qkv, self.cfg, ctx, k_cache, v_cache), self.o_proj)
+        attn = linear(paged_self_attention(qkv, self.cfg, ctx, k_cache, v_cache), self.o_proj)
+        x = x + all_reduce(attn, self.tp_size)
         gate, up = linear(rms_norm(x, self.post_norm, eps), self.gate_up).chunk(2, dim=-1)
-        return x + linear(F.silu(gate) * up, self.down)
+        return x + all_reduce(linear(F.silu(gate) * up, self.down), self.tp_size)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -53,13 +60,19 @@ class LlamaForCausalLM(nn.Module):
         (r"model\.layers\.(\d+)\.mlp\.down_proj\.weight", "down", None),
     )
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, shard: TPShard | None = None, *, lm_head: bool = True) -> None:
+        """``shard``: the tensor-parallel part this process holds (``None``: the whole model); ``lm_head=False``
+        leaves out an untied LM head (a tensor-parallel worker never computes logits)."""
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg  # the whole model's config
+        self.shard = TPShard.plan(cfg) if shard is None else shard
+        self.local_cfg = self.shard.local_config(cfg)  # this rank's heads and MLP rows (its KV cache's shape)
         self.embed = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(self.local_cfg, self.shard.size) for _ in range(cfg.num_layers))
         self.norm = nn.Parameter(torch.empty(cfg.hidden_size))
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.has_lm_head = lm_head or cfg.tie_word_embeddings
+        untied = lm_head and not cfg.tie_word_embeddings
+        self.lm_head = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size)) if untied else None
         self._patterns = [(re.compile(p), path, slot) for p, path, slot in self.WEIGHT_MAP]
 
     # -- forward -------------------------------------------------------------------------------------------------
@@ -76,14 +89,16 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, hidden_size]`` -> fp32 logits ``[N, vocab_size]``."""
+        if not self.has_lm_head:
+            raise RuntimeError("compute_logits: this tensor-parallel worker's model has no LM head (rank 0 samples)")
         weight = self.embed if self.lm_head is None else self.lm_head
         return linear(hidden, weight).float()
 
     # -- weights -------------------------------------------------------------------------------------------------
 
     def fused_slices(self, slot: str) -> dict[str, tuple[int, int]]:
-        """Row ranges of the parts of a fused matrix."""
-        c = self.cfg
+        """Row ranges of the parts of a fused matrix (this rank's part of it)."""
+        c = self.local_cfg
         if slot == "qkv":
             q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
             return {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
@@ -107,6 +122,17 @@ class LlamaForCausalLM(nn.Module):
                 if part is not None:
                     lo, hi = self.fused_slices(slot)[part]
                     dest = dest[lo:hi]
+                rule = self.shard.slice_rule(self.cfg, path.rsplit(".", 1)[-1], part)
+                if rule is not None:  # tensor parallel: this rank's rows or columns of the checkpoint tensor
+                    dim, start, stop, full = rule
+                    expected = list(dest.shape)
+                    expected[dim] = full
+                    if list(tensor.shape) != expected:
+                        raise ValueError(
+                            f"weights: {raw_name!r} has shape {tuple(tensor.shape)}, the config implies "
+                            f"{tuple(expected)}"
+                        )
+                    tensor = tensor.narrow(dim, start, stop - start)
                 if tuple(tensor.shape) != tuple(dest.shape):
                     raise ValueError(
                         f"weights: {raw_name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(dest.shape)}"

@@ -151,6 +151,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.tp > 1 and os.environ.get("RANK", "0") != "0" and "WORLD_SIZE" in os.environ:
+        # A worker rank of `torchrun ... lmx serve --tp N`: no socket, no app; its engine runs rank 0's batches
+        # and ends the process when rank 0 stops.
+        from lmx import pipeline
+
+        pipeline(args.model, engine_config=engine_config_from_args(args))
+        return 0
     sock = bind_socket(args.host, args.port)
     try:
         app = build_app(args)

@@ -177,6 +177,8 @@ class AsyncEngine:
                 continue
             try:
                 updated = self.pipe.step()
+            except ConnectionError:  # a tensor-parallel rank is lost (WorkerLostError): the engine cannot go on
+                raise
             except Exception as e:  # the engine ended the step's requests with finish_reason "error"
                 log.exception("lmx engine step failed")
                 self._fail_finished(EngineError(f"engine step failed: {type(e).__name__}: {e}"))
