@@ -127,3 +127,17 @@ def test_every_command_has_the_option():
     assert engine_config_from_args(args).kv_cache_dtype == "int8"
     with pytest.raises(SystemExit):
         parser.parse_args(["ppl", "--kv-cache-dtype", "int4"])
+
+
+def test_tensor_parallel_int8_cache(model_dir):
+    """tp=2: each rank holds its KV heads' int8 rows and scales (half the bytes); the tokens are tp=1's."""
+    prompt = random_prompt(30, seed=1)
+    gen = GenerationConfig(max_new_tokens=8, ignore_eos=True)
+    one = _engine(model_dir, kv_cache_dtype="int8")
+    expected = one.generate([prompt], [gen])[0].output_ids
+    two = _engine(model_dir, kv_cache_dtype="int8", tp=2)
+    try:
+        assert two.generate([prompt], [gen])[0].output_ids == expected
+        assert two.kv_cache_bytes_per_rank == [one.runner.kv_cache_bytes // 2] * 2
+    finally:
+        two.close()
