@@ -4,9 +4,14 @@
 //
 // Any number of queries per sequence is handled (query t sits at position len - n + (t - q_begin)); the glue
 // picks this kernel when there is about one query per sequence.
+//
+// Quantized caches (C = int8_t / fp8_e4m3, kv_quant.cuh) are read as they are and dequantized in registers, each
+// K / V element once for all the block's query heads: x^ = q * scale + zero (int8, the key row's scale read by
+// the lanes of its key, the value row's staged in shared memory with the tile's slots) or x^ = float(e4m3) * s[h].
 #pragma once
 
 #include "attention_common.cuh"
+#include "kv_quant.cuh"
 
 namespace lmx::cuda {
 
@@ -20,16 +25,16 @@ constexpr int kDecodeDefaultPartition = 512;
 __host__ __device__ __forceinline__ int decode_smem_floats(int heads, int head_dim) {
   const int pairs = head_dim / 2, groups = imax(1, kDecodeThreads / pairs);
   return 2 * kDecodeTile                 // slot of each tile key (int64)
+         + 2 * kDecodeTile               // (scale, zero) of each tile key's value row (int8 caches)
          + heads * head_dim              // scaled queries
          + heads * kDecodeTile           // logits, then probabilities
          + 3 * heads                     // running max, running sum, rescale of this tile
          + groups * heads * head_dim;    // partial outputs of the key groups
 }
 
-template <typename T, int HEADS>
+template <typename T, typename C, int HEADS>
 __global__ void __launch_bounds__(kDecodeThreads, 4)
-    paged_attention_decode_kernel(PagedAttentionArgs a, HeadsView<T> out, HeadsView<const T> query,
-                                  const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+    paged_attention_decode_kernel(PagedAttentionArgs a, HeadsView<T> out, HeadsView<const T> query, KvCache<C> kv,
                                   float* __restrict__ part_out,  // [T, Hq, splits, D]
                                   float* __restrict__ part_ml,   // [T, Hq, splits, 2]
                                   int partition_size, int num_splits) {
@@ -54,7 +59,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
 
   LMX_DYNAMIC_SMEM(float, smem);
   int64_t* slots = reinterpret_cast<int64_t*>(smem);  // [kDecodeTile]
-  float* q_s = smem + 2 * kDecodeTile;                // [HEADS][D]
+  float* vsc_s = smem + 2 * kDecodeTile;              // [kDecodeTile][2]
+  float* q_s = vsc_s + 2 * kDecodeTile;               // [HEADS][D]
   float* p_s = q_s + HEADS * D;                       // [HEADS][kDecodeTile]
   float* m_s = p_s + HEADS * kDecodeTile;             // [HEADS]
   float* l_s = m_s + HEADS;                           // [HEADS]
@@ -73,6 +79,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
   const int groups = imax(1, kDecodeThreads / pairs);
   const int kg = tid / pairs, pair = tid % pairs;
   const bool pv_active = kg < groups;
+  // The value rows' dequantization when it is per head (fp8) or none; int8 rows take theirs from vsc_s.
+  const RowScale v_head = std::is_same_v<C, int8_t> ? RowScale{1.f, 0.f} : row_scale<C>(kv.v_scales, 0, a.num_kv_heads, kv_head);
   float acc[HEADS][2];
 #pragma unroll
   for (int g = 0; g < HEADS; ++g) acc[g][0] = acc[g][1] = 0.f;
@@ -89,9 +97,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
 #pragma unroll
       for (int g = 0; g < HEADS; ++g) dot[g] = 0.f;
       if (slot >= 0) {
-        const T* krow = k_cache + slot * kv_stride + static_cast<int64_t>(kv_head) * D;
+        const C* krow = kv.k + slot * kv_stride + static_cast<int64_t>(kv_head) * D;
+        const RowScale ks = row_scale<C>(kv.k_scales, slot, a.num_kv_heads, kv_head);
         for (int v = lane % kDecodeKeyLanes; v < pairs; v += kDecodeKeyLanes) {
-          const float2 k2 = load_pair(krow + 2 * v);
+          const float2 k2 = load_pair_dq(krow + 2 * v, ks);
 #pragma unroll
           for (int g = 0; g < HEADS; ++g)
             if (g < nh) dot[g] += q_s[g * D + 2 * v] * k2.x + q_s[g * D + 2 * v + 1] * k2.y;
@@ -107,7 +116,16 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
           p_s[g * kDecodeTile + kk] = logit;
         }
       }
-      if (lane % kDecodeKeyLanes == 0) slots[kk] = slot;
+      if (lane % kDecodeKeyLanes == 0) {
+        slots[kk] = slot;
+        if constexpr (std::is_same_v<C, int8_t>) {
+          if (slot >= 0) {
+            const RowScale vs = row_scale<C>(kv.v_scales, slot, a.num_kv_heads, kv_head);
+            vsc_s[2 * kk] = vs.scale;
+            vsc_s[2 * kk + 1] = vs.zero;
+          }
+        }
+      }
     }
     __syncthreads();
 
@@ -153,7 +171,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
       for (int kk = kg; kk < n_keys; kk += groups) {
         const int64_t slot = slots[kk];
         if (slot < 0) continue;  // hidden key: never loaded
-        const float2 v2 = load_pair(v_cache + slot * kv_stride + static_cast<int64_t>(kv_head) * D + 2 * pair);
+        RowScale vs = v_head;
+        if constexpr (std::is_same_v<C, int8_t>) vs = RowScale{vsc_s[2 * kk], vsc_s[2 * kk + 1]};
+        const float2 v2 = load_pair_dq(kv.v + slot * kv_stride + static_cast<int64_t>(kv_head) * D + 2 * pair, vs);
 #pragma unroll
         for (int g = 0; g < HEADS; ++g)
           if (g < nh) {
