@@ -31,7 +31,7 @@ static void launch_decode(const PagedAttentionArgs& a, HeadsView<T> out, HeadsVi
   float* part_ml = splits > 1 ? part_out + static_cast<size_t>(a.num_tokens) * a.num_q_heads * splits * a.head_dim
                               : nullptr;
   const dim3 grid(static_cast<unsigned>(a.num_tokens), a.num_kv_heads * chunks, splits);
-  const size_t smem = decode_smem_floats(HEADS, a.head_dim) * sizeof(float);
+  const size_t smem = decode_smem_floats(HEADS, a.head_dim, kDecodeVecWidth<C>) * sizeof(float);
   LMX_LAUNCH((paged_attention_decode_kernel<T, C, HEADS>), grid, dim3(kDecodeThreads), smem, stream, a, out, query,
              kv, part_out, part_ml, partition, splits);
   if (splits > 1)

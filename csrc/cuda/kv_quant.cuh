@@ -207,6 +207,22 @@ __device__ __forceinline__ float2 load_pair_dq(const C* p, RowScale rs) {
   }
 }
 
+// Four adjacent elements (i a multiple of 4, p aligned to 4 bytes) of an int8 / fp8 cache row, in fp32: one 4-byte
+// load, as wide as two elements of a 16-bit cache.
+template <typename C>
+__device__ __forceinline__ float4 load_quad_dq(const C* p, RowScale rs) {
+  static_assert(kQuantizedCache<C>, "int8 / fp8 caches only");
+  if constexpr (std::is_same_v<C, int8_t>) {
+    const char4 q = *reinterpret_cast<const char4*>(p);
+    return make_float4(static_cast<float>(q.x) * rs.scale + rs.zero, static_cast<float>(q.y) * rs.scale + rs.zero,
+                       static_cast<float>(q.z) * rs.scale + rs.zero, static_cast<float>(q.w) * rs.scale + rs.zero);
+  } else {
+    const uchar4 q = *reinterpret_cast<const uchar4*>(p);
+    return make_float4(e4m3_to_float(q.x) * rs.scale, e4m3_to_float(q.y) * rs.scale, e4m3_to_float(q.z) * rs.scale,
+                       e4m3_to_float(q.w) * rs.scale);
+  }
+}
+
 // ---- quantized cache writes --------------------------------------------------------------------------------------
 constexpr int kQuantMaxPerLane = 8;  // head_dim <= 256 = 32 lanes x 8
 

@@ -65,11 +65,13 @@ HeadsView<const T> heads_view_const(const at::Tensor& t) {
   return {static_cast<const T*>(t.data_ptr()), t.stride(0), t.stride(1), static_cast<int>(t.size(1))};
 }
 
-// The caches are read two elements at a time: their data must be aligned to two elements.
+// The caches are read two elements at a time (int8 / fp8 caches: four): their data must be aligned to that.
 inline void check_pair_aligned(const char* op, const char* name, const at::Tensor& t) {
   const auto addr = reinterpret_cast<uintptr_t>(t.data_ptr());
-  LMX_CHECK(addr % (2 * t.element_size()) == 0, name, ": expected data aligned to ", 2 * t.element_size(),
-            " bytes (two elements), got address ", t.data_ptr());
+  const bool quad = t.element_size() == 1;
+  const int64_t bytes = (quad ? 4 : 2) * t.element_size();
+  LMX_CHECK(addr % bytes == 0, name, ": expected data aligned to ", bytes, " bytes (", quad ? "four" : "two",
+            " elements), got address ", t.data_ptr());
 }
 
 // k_cache == nullptr: rotary_embedding; otherwise rotary_embedding_and_cache (k_scales / v_scales: those of an

@@ -427,3 +427,17 @@ def test_bad_scales_raise_the_ops_errors():
         emu.paged_attention(
             q, torch.zeros(2, 16, 2, 64), torch.zeros(2, 16, 2, 64), bt, sl, cu, 0.125, k_scales=ks, v_scales=vs
         )
+
+
+def test_misaligned_quantized_cache_is_refused():
+    """The decode kernel reads int8 / fp8 keys four bytes at a time: a cache view two bytes off is refused with the
+    argument named (the 16-bit caches need two elements' alignment, as before)."""
+    batch, scales = quantize_batch(make_paged_batch([20], [1], 2, 1, 64, 16, torch.float32), torch.int8)
+    q, kq, vq, bt, sl, cu = batch
+    buf = torch.empty(kq.numel() + 2, dtype=torch.int8)
+    shifted = buf[2:].view(kq.shape)
+    shifted.copy_(kq)
+    with pytest.raises(ValueError, match="lmx.paged_attention: k_cache: expected data aligned to 4 bytes"):
+        emu.paged_attention(q, shifted, vq, bt, sl, cu, 0.125, **scales)
+    out = emu.paged_attention(q, kq, vq, bt, sl, cu, 0.125, **scales)  # the aligned original runs
+    assert out.isfinite().all()
