@@ -208,6 +208,91 @@ void pv_direct(const float* p, const scalar_t* const* v, const int64_t* off, int
     }
   }
 }
+
+// Quantized direct kernels, GQA-aware: each K / V vector of a kv head is converted once (load8 of int8 / fp8
+// costs three to ten instructions) and used by the group of NG <= 4 query rows of that head, instead of once per
+// row as the float kernels do. Raw values: the callers apply the scales.
+
+// s[g * ld + j] = q[g] · k_raw[j] (keys given by row pointers, hoff the kv head's offset in a cache row); eight
+// keys per step, two at a time into registers, summed horizontally eight at once.
+// Software prefetch of two quantized rows of D one-byte values (strided rows: the hardware prefetchers see one or
+// two lines per 1 KiB cache row of all kv heads).
+inline void prefetch_row(const void* a, const void* b, int64_t D) {
+  for (int64_t o = 0; o < D; o += 64) {
+    _mm_prefetch(static_cast<const char*>(a) + o, _MM_HINT_T0);
+    _mm_prefetch(static_cast<const char*>(b) + o, _MM_HINT_T0);
+  }
+}
+
+template <typename cache_t, int NG>
+void scores_group(const float* q, const cache_t* const* k_rows, int64_t hoff, int64_t kt, int64_t D, float* s,
+                  int64_t ld) {
+  int64_t j = 0;
+  for (; j + 8 <= kt; j += 8) {
+    __m256 t[NG][8];
+    for (int p = 0; p < 8; p += 2) {
+      __m256 a0[NG], a1[NG];
+      for (int g = 0; g < NG; ++g) a0[g] = a1[g] = _mm256_setzero_ps();
+      const cache_t* k0 = k_rows[j + p] + hoff;
+      const cache_t* k1 = k_rows[j + p + 1] + hoff;
+      if (j + 8 + p + 1 < kt) prefetch_row(k_rows[j + 8 + p] + hoff, k_rows[j + 9 + p] + hoff, D);
+      for (int64_t d = 0; d < D; d += 8) {
+        const __m256 x0 = load8(k0 + d), x1 = load8(k1 + d);
+        for (int g = 0; g < NG; ++g) {
+          const __m256 qv = _mm256_loadu_ps(q + g * D + d);
+          a0[g] = _mm256_fmadd_ps(qv, x0, a0[g]);
+          a1[g] = _mm256_fmadd_ps(qv, x1, a1[g]);
+        }
+      }
+      for (int g = 0; g < NG; ++g) {
+        t[g][p] = a0[g];
+        t[g][p + 1] = a1[g];
+      }
+    }
+    for (int g = 0; g < NG; ++g)
+      _mm256_storeu_ps(s + g * ld + j, hsum8(t[g][0], t[g][1], t[g][2], t[g][3], t[g][4], t[g][5], t[g][6], t[g][7]));
+  }
+  for (; j < kt; ++j) {
+    __m256 a[NG];
+    for (int g = 0; g < NG; ++g) a[g] = _mm256_setzero_ps();
+    const cache_t* k0 = k_rows[j] + hoff;
+    for (int64_t d = 0; d < D; d += 8) {
+      const __m256 x0 = load8(k0 + d);
+      for (int g = 0; g < NG; ++g) a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), x0, a[g]);
+    }
+    const __m256 z = _mm256_setzero_ps();
+    for (int g = 0; g < NG; ++g) s[g * ld + j] = _mm256_cvtss_f32(hsum8(a[g], z, z, z, z, z, z, z));
+  }
+}
+
+// acc[g * D + d] += Σ_j p[g * ld + j] v_raw[j][d] for NG rows of one kv head; 16 channels at a time (every head
+// dim is a multiple of 16).
+template <typename cache_t, int NG>
+void pv_group(const float* p, int64_t ld, const cache_t* const* v_rows, int64_t hoff, int64_t kt, int64_t D,
+              float* acc) {
+  for (int64_t c = 0; c < D; c += 16) {
+    __m256 a[NG][2];
+    for (int g = 0; g < NG; ++g) {
+      a[g][0] = _mm256_loadu_ps(acc + g * D + c);
+      a[g][1] = _mm256_loadu_ps(acc + g * D + c + 8);
+    }
+    for (int64_t j = 0; j < kt; ++j) {
+      const cache_t* vj = v_rows[j] + hoff + c;
+      if (c == 0 && j + 5 < kt) prefetch_row(v_rows[j + 4] + hoff, v_rows[j + 5] + hoff, D);
+      const __m256 x0 = load8(vj), x1 = load8(vj + 8);
+      for (int g = 0; g < NG; ++g) {
+        const __m256 pg = _mm256_broadcast_ss(p + g * ld + j);
+        a[g][0] = _mm256_fmadd_ps(pg, x0, a[g][0]);
+        a[g][1] = _mm256_fmadd_ps(pg, x1, a[g][1]);
+      }
+    }
+    for (int g = 0; g < NG; ++g) {
+      _mm256_storeu_ps(acc + g * D + c, a[g][0]);
+      _mm256_storeu_ps(acc + g * D + c + 8, a[g][1]);
+    }
+  }
+}
+
 #endif  // LMX_DIRECT_KERNELS
 
 #if defined(LMX_DIRECT_KERNELS)
@@ -375,7 +460,161 @@ LMX_AVX512 void softmax_columns(float* st, int64_t ldr, int64_t kt, float* m, fl
     _mm512_storeu_ps(alpha + r0, a);
   }
 }
+
+// The quantized direct kernels (scores_group, pv_group) with sixteen lanes, for CPUs with AVX-512F.
+LMX_AVX512 inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+LMX_AVX512 inline __m512 load16(const Fp8* p) {  // as load8(const Fp8*)
+  const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512i mag = _mm512_and_si512(x, _mm512_set1_epi32(0x7F));
+  __m512 v = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23)));
+  const __mmask16 sub = _mm512_cmplt_epi32_mask(mag, _mm512_set1_epi32(8));
+  v = _mm512_mask_mul_ps(v, sub, _mm512_cvtepi32_ps(mag), _mm512_set1_ps(1.0f / 512.0f));
+  v = _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)),
+                         _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+  const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24);
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
+}
+LMX_AVX512 inline __m256 fold256(__m512 a) {
+  return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+}
+
+template <typename cache_t, int NG>
+LMX_AVX512 void scores_group512(const float* q, const cache_t* const* k_rows, int64_t hoff, int64_t kt, int64_t D,
+                                float* s, int64_t ld) {
+  int64_t j = 0;
+  const int64_t D16 = D / 16 * 16;  // a last 16-channel half vector, if D is an odd multiple of 8, goes by AVX2
+  for (; j + 8 <= kt; j += 8) {
+    __m256 t[NG][8];
+    for (int p = 0; p < 8; p += 2) {
+      __m512 a0[NG], a1[NG];
+      for (int g = 0; g < NG; ++g) a0[g] = a1[g] = _mm512_setzero_ps();
+      const cache_t* k0 = k_rows[j + p] + hoff;
+      const cache_t* k1 = k_rows[j + p + 1] + hoff;
+      if (j + 8 + p + 1 < kt) prefetch_row(k_rows[j + 8 + p] + hoff, k_rows[j + 9 + p] + hoff, D);
+      for (int64_t d = 0; d < D16; d += 16) {
+        const __m512 x0 = load16(k0 + d), x1 = load16(k1 + d);
+        for (int g = 0; g < NG; ++g) {
+          const __m512 qv = _mm512_loadu_ps(q + g * D + d);
+          a0[g] = _mm512_fmadd_ps(qv, x0, a0[g]);
+          a1[g] = _mm512_fmadd_ps(qv, x1, a1[g]);
+        }
+      }
+      for (int g = 0; g < NG; ++g) {
+        t[g][p] = fold256(a0[g]);
+        t[g][p + 1] = fold256(a1[g]);
+      }
+    }
+    for (int g = 0; g < NG; ++g)
+      _mm256_storeu_ps(s + g * ld + j, hsum8(t[g][0], t[g][1], t[g][2], t[g][3], t[g][4], t[g][5], t[g][6], t[g][7]));
+  }
+  for (; j < kt; ++j) {
+    __m512 a[NG];
+    for (int g = 0; g < NG; ++g) a[g] = _mm512_setzero_ps();
+    const cache_t* k0 = k_rows[j] + hoff;
+    for (int64_t d = 0; d < D16; d += 16) {
+      const __m512 x0 = load16(k0 + d);
+      for (int g = 0; g < NG; ++g) a[g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * D + d), x0, a[g]);
+    }
+    for (int g = 0; g < NG; ++g) s[g * ld + j] = _mm512_reduce_add_ps(a[g]);
+  }
+}
+
+template <typename cache_t, int NG>
+LMX_AVX512 void pv_group512(const float* p, int64_t ld, const cache_t* const* v_rows, int64_t hoff, int64_t kt,
+                            int64_t D, float* acc) {
+  int64_t c = 0;
+  for (; c + 32 <= D; c += 32) {
+    __m512 a[NG][2];
+    for (int g = 0; g < NG; ++g) {
+      a[g][0] = _mm512_loadu_ps(acc + g * D + c);
+      a[g][1] = _mm512_loadu_ps(acc + g * D + c + 16);
+    }
+    for (int64_t j = 0; j < kt; ++j) {
+      const cache_t* vj = v_rows[j] + hoff + c;
+      if (c == 0 && j + 5 < kt) prefetch_row(v_rows[j + 4] + hoff, v_rows[j + 5] + hoff, D);
+      const __m512 x0 = load16(vj), x1 = load16(vj + 16);
+      for (int g = 0; g < NG; ++g) {
+        const __m512 pg = _mm512_set1_ps(p[g * ld + j]);
+        a[g][0] = _mm512_fmadd_ps(pg, x0, a[g][0]);
+        a[g][1] = _mm512_fmadd_ps(pg, x1, a[g][1]);
+      }
+    }
+    for (int g = 0; g < NG; ++g) {
+      _mm512_storeu_ps(acc + g * D + c, a[g][0]);
+      _mm512_storeu_ps(acc + g * D + c + 16, a[g][1]);
+    }
+  }
+  if (c < D) {  // 16 channels left (head dims are multiples of 16)
+    __m512 a[NG];
+    for (int g = 0; g < NG; ++g) a[g] = _mm512_loadu_ps(acc + g * D + c);
+    for (int64_t j = 0; j < kt; ++j) {
+      const __m512 x0 = load16(v_rows[j] + hoff + c);
+      for (int g = 0; g < NG; ++g) a[g] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * ld + j]), x0, a[g]);
+    }
+    for (int g = 0; g < NG; ++g) _mm512_storeu_ps(acc + g * D + c, a[g]);
+  }
+}
 #pragma GCC diagnostic pop
+
+// The two kernels over every row of an item: rows come in runs of G (one kv head each, row_offset its offset),
+// split into groups of at most four.
+template <typename cache_t>
+void scores_quant_rows(const float* q, const cache_t* const* k_rows, const int64_t* off, int64_t rows, int64_t G,
+                       int64_t kt, int64_t D, float* s, bool avx512) {
+  if (avx512 && D % 16 == 0) {
+    for (int64_t r0 = 0; r0 < rows; r0 += G)
+      for (int64_t g0 = 0; g0 < G; g0 += 4) {
+        const int64_t r = r0 + g0;
+        switch (std::min<int64_t>(4, G - g0)) {
+          case 4: scores_group512<cache_t, 4>(q + r * D, k_rows, off[r], kt, D, s + r * kt, kt); break;
+          case 3: scores_group512<cache_t, 3>(q + r * D, k_rows, off[r], kt, D, s + r * kt, kt); break;
+          case 2: scores_group512<cache_t, 2>(q + r * D, k_rows, off[r], kt, D, s + r * kt, kt); break;
+          default: scores_group512<cache_t, 1>(q + r * D, k_rows, off[r], kt, D, s + r * kt, kt); break;
+        }
+      }
+    return;
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += G)
+    for (int64_t g0 = 0; g0 < G; g0 += 4) {
+      const int64_t r = r0 + g0;
+      switch (std::min<int64_t>(4, G - g0)) {
+        case 4: scores_group<cache_t, 4>(q + r * D, k_rows, off[r], kt, D, s + r * kt, kt); break;
+        case 3: scores_group<cache_t, 3>(q + r * D, k_rows, off[r], kt, D, s + r * kt, kt); break;
+        case 2: scores_group<cache_t, 2>(q + r * D, k_rows, off[r], kt, D, s + r * kt, kt); break;
+        default: scores_group<cache_t, 1>(q + r * D, k_rows, off[r], kt, D, s + r * kt, kt); break;
+      }
+    }
+}
+
+template <typename cache_t>
+void pv_quant_rows(const float* p, const cache_t* const* v_rows, const int64_t* off, int64_t rows, int64_t G,
+                   int64_t kt, int64_t D, float* acc, bool avx512) {
+  if (avx512) {
+    for (int64_t r0 = 0; r0 < rows; r0 += G)
+      for (int64_t g0 = 0; g0 < G; g0 += 4) {
+        const int64_t r = r0 + g0;
+        switch (std::min<int64_t>(4, G - g0)) {
+          case 4: pv_group512<cache_t, 4>(p + r * kt, kt, v_rows, off[r], kt, D, acc + r * D); break;
+          case 3: pv_group512<cache_t, 3>(p + r * kt, kt, v_rows, off[r], kt, D, acc + r * D); break;
+          case 2: pv_group512<cache_t, 2>(p + r * kt, kt, v_rows, off[r], kt, D, acc + r * D); break;
+          default: pv_group512<cache_t, 1>(p + r * kt, kt, v_rows, off[r], kt, D, acc + r * D); break;
+        }
+      }
+    return;
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += G)
+    for (int64_t g0 = 0; g0 < G; g0 += 4) {
+      const int64_t r = r0 + g0;
+      switch (std::min<int64_t>(4, G - g0)) {
+        case 4: pv_group<cache_t, 4>(p + r * kt, kt, v_rows, off[r], kt, D, acc + r * D); break;
+        case 3: pv_group<cache_t, 3>(p + r * kt, kt, v_rows, off[r], kt, D, acc + r * D); break;
+        case 2: pv_group<cache_t, 2>(p + r * kt, kt, v_rows, off[r], kt, D, acc + r * D); break;
+        default: pv_group<cache_t, 1>(p + r * kt, kt, v_rows, off[r], kt, D, acc + r * D); break;
+      }
+    }
+}
 #endif  // LMX_DIRECT_KERNELS
 
 #if defined(LMX_DIRECT_KERNELS)
@@ -949,7 +1188,11 @@ class PagedAttention {
   void scores_direct_quant(const WorkItem& w, Scratch<cache_t>& sc, int64_t rows, int64_t kt, float* s) const {
     if constexpr (kQuantCache<cache_t>) {
       const int64_t D = p_.head_dim;
-      scores_direct(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, kt, D, s);  // raw dots
+      scores_quant_rows(sc.q.data(), sc.k_rows.data(), sc.row_offset.data(), rows, group_, kt, D, s,
+                        tiles512_);  // raw dots
+      const float* sz_rows[kKeyTile];  // int8: (scale, zero) of each key's first kv head of the item
+      if constexpr (std::is_same_v<cache_t, int8_t>)
+        for (int64_t j = 0; j < kt; ++j) sz_rows[j] = k_scales_ + (sc.k_rows[j] - k_cache_) / D * 2;
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = s + r * kt;
         const int64_t hr = sc.row_offset[r] / D;
@@ -958,7 +1201,7 @@ class PagedAttention {
           float qsum = 0.0f;
           for (int64_t d = 0; d < D; ++d) qsum += qr[d];
           for (int64_t j = 0; j < kt; ++j) {
-            const float* sz = k_scales_ + ((sc.k_rows[j] - k_cache_) / D + hr) * 2;
+            const float* sz = sz_rows[j] + hr * 2;
             sr[j] = sz[0] * sr[j] + sz[1] * qsum;
           }
         } else {
@@ -973,6 +1216,9 @@ class PagedAttention {
     if constexpr (kQuantCache<cache_t>) {
       const int64_t D = p_.head_dim;
       float* pq = sc.pq.data();
+      const float* sz_rows[kKeyTile];
+      if constexpr (std::is_same_v<cache_t, int8_t>)
+        for (int64_t j = 0; j < kt; ++j) sz_rows[j] = v_scales_ + (sc.v_rows[j] - v_cache_) / D * 2;
       for (int64_t r = 0; r < rows; ++r) {
         const float* pr = p + r * kt;
         float* qr = pq + r * kt;
@@ -984,7 +1230,7 @@ class PagedAttention {
               qr[j] = 0.0f;
               continue;
             }
-            const float* sz = v_scales_ + ((sc.v_rows[j] - v_cache_) / D + hr) * 2;
+            const float* sz = sz_rows[j] + hr * 2;
             qr[j] = pr[j] * sz[0];
             zsum += pr[j] * sz[1];
           }
@@ -996,7 +1242,7 @@ class PagedAttention {
           for (int64_t j = 0; j < kt; ++j) qr[j] = pr[j] * sh;
         }
       }
-      pv_direct(pq, sc.v_rows.data(), sc.row_offset.data(), rows, kt, D, sc.acc.data());
+      pv_quant_rows(pq, sc.v_rows.data(), sc.row_offset.data(), rows, group_, kt, D, sc.acc.data(), tiles512_);
     }
   }
 #endif

@@ -15,6 +15,7 @@ from .errors import RequestError, RequestTypeError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 
 
 def _cli(default: Any, kind: str, help: str, *, flag: str | None = None, **extra: Any) -> Any:
@@ -70,6 +71,10 @@ class EngineConfig:
         max_queued_requests: most requests waiting for a place in the batch; one more raises
             ``EngineBusyError`` (``None``: no limit, the library default; ``lmx serve`` sets one).
         dtype: ``auto`` (the checkpoint's dtype, bf16 for quantised GGUF), ``float32``, ``bfloat16``, ``float16``.
+        kv_cache_dtype: ``auto`` (the KV cache in the compute dtype), ``int8`` (per token and kv head,
+            asymmetric scale and zero point stored beside each block: about half a bf16 cache, a quarter of an
+            fp32 one) or ``fp8`` (float8 e4m3 with per-head scales of 1.0, as vLLM's default). The number of cache
+            blocks grows with the smaller bytes per block.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         num_threads: CPU threads for torch (``None`` leaves torch's default).
         enable_prefix_caching: keep the KV blocks of finished requests and reuse them for a new request that
@@ -109,6 +114,12 @@ class EngineConfig:
         "compute dtype (auto: the checkpoint's on CUDA, float32 on a CPU without bf16)",
         choices=DTYPES,
     )
+    kv_cache_dtype: str = _cli(
+        "auto",
+        "choice",
+        "KV cache format: auto (the compute dtype), int8 (per-token, per-head scale and zero), fp8 (e4m3, scale 1)",
+        choices=KV_CACHE_DTYPES,
+    )
     device: str = _cli("auto", "choice", "auto: CUDA when available", choices=DEVICES)
     num_threads: int | None = _cli(None, "positive_int", "CPU threads for torch", flag="--threads")
     enable_prefix_caching: bool = _cli(
@@ -142,6 +153,10 @@ class EngineConfig:
         _check_int("max_queued_requests", self.max_queued_requests, minimum=1, optional=True)
         if self.dtype not in DTYPES:
             raise RequestError("dtype", f"dtype: expected one of {DTYPES}, got {self.dtype!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise RequestError(
+                "kv_cache_dtype", f"kv_cache_dtype: expected one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}"
+            )
         if self.device not in DEVICES:
             raise RequestError("device", f"device: expected one of {DEVICES}, got {self.device!r}")
         _check_int("num_threads", self.num_threads, minimum=1, optional=True)

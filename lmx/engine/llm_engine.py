@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from .model_runner import ModelRunner
 from .sampler import Sampler
 from .scheduler import EngineBusyError, Scheduler
 from .sequence import Sequence
+
+_log = logging.getLogger("lmx.engine")
 
 
 class LLMEngine:
@@ -45,6 +48,12 @@ class LLMEngine:
         self.runner = ModelRunner(
             self.model, num_blocks=num_blocks, block_size=config.block_size,
             block_tables=self.block_manager.block_table, device=self.device, dtype=self.dtype,
+            kv_cache_dtype=config.kv_cache_dtype,
+        )  # fmt: skip
+        _log.info(
+            "KV cache: %d blocks of %d tokens = %d tokens, %s, %.1f MiB (%d bytes per block, scales included)",
+            num_blocks, config.block_size, num_blocks * config.block_size, self.kv_cache_stats()["kv_cache_dtype"],
+            self.runner.kv_cache_bytes / 2**20, self.runner.kv_cache_bytes // num_blocks,
         )  # fmt: skip
         self.scheduler = Scheduler(
             self.block_manager, max_batch_size=config.max_batch_size,
@@ -74,9 +83,20 @@ class LLMEngine:
         model.load_weights(self.checkpoint.weights())
         return model.eval().requires_grad_(False)
 
+    def kv_cache_stats(self) -> dict:
+        """The KV cache's format and size: dtype (``auto`` resolved), blocks, tokens it holds, bytes."""
+        cache_dtype = str(self.runner.kv_cache_dtype).removeprefix("torch.")
+        return {
+            "kv_cache_dtype": cache_dtype, "num_blocks": self.block_manager.num_blocks,
+            "block_size": self.config.block_size, "capacity_tokens": self.block_manager.capacity_tokens,
+            "kv_cache_bytes": self.runner.kv_cache_bytes,
+        }  # fmt: skip
+
     def _default_num_blocks(self) -> int:
         """``cache_max_entry_count`` of free memory, capped at what ``max_batch_size`` full sessions need."""
-        per_block = ModelRunner.cache_bytes_per_block(self.model_config, self.config.block_size, self.dtype)
+        per_block = ModelRunner.cache_bytes_per_block(
+            self.model_config, self.config.block_size, self.dtype, self.config.kv_cache_dtype
+        )
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0]
         else:

@@ -11,11 +11,23 @@ import dataclasses
 import torch
 
 from lmx.models import ForwardContext, LlamaForCausalLM
+from lmx.models.layers import attach_kv_scales
 
 from .sequence import ScheduledChunk, Sequence
 
 # Rows of logits materialised at once when scoring perplexity: [PPL_LOGITS_ROWS, vocab] fp32.
 PPL_LOGITS_ROWS = 512
+
+# EngineConfig.kv_cache_dtype -> the cache tensors' dtype ("auto": the compute dtype).
+QUANTIZED_KV_CACHE_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+# The per-head scale of fp8 caches (x is stored as e4m3(x / scale)): 1.0, vLLM's default without calibration.
+# README "Quantized KV cache" has the measurements behind the choice.
+FP8_KV_SCALE = 1.0
+
+
+def kv_cache_torch_dtype(kv_cache_dtype: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the cache tensors for ``EngineConfig.kv_cache_dtype`` and the compute ``dtype``."""
+    return QUANTIZED_KV_CACHE_DTYPES.get(kv_cache_dtype, dtype)
 
 
 @dataclasses.dataclass
@@ -37,6 +49,7 @@ class ModelRunner:
         block_tables,  # callable seq_id -> list[int], the block manager's
         device: torch.device,
         dtype: torch.dtype,
+        kv_cache_dtype: str = "auto",
     ) -> None:
         cfg = model.cfg
         self.model = model
@@ -47,15 +60,39 @@ class ModelRunner:
         self.device = device
         # One allocation for all layers: [layers, 2 (k, v), num_blocks, block_size, Hkv, D]. torch.empty: pages
         # are committed by the OS only when a block is first written.
+        self.kv_cache_dtype = kv_cache_torch_dtype(kv_cache_dtype, dtype)
         self.kv_cache = torch.empty(
-            cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, dtype=dtype, device=device
-        )
+            cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, dtype=self.kv_cache_dtype,
+            device=device,
+        )  # fmt: skip
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(cfg.num_layers)]
+        # Quantized caches: int8 (scale, zero) per slot and kv head, written with the rows (torch.empty: a slot's
+        # scales are read only after its row is written); fp8 per-head scales, fixed.
+        self.kv_scales = None
+        if self.kv_cache_dtype == torch.int8:
+            self.kv_scales = torch.empty(
+                cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, 2, dtype=torch.float32, device=device
+            )
+        elif self.kv_cache_dtype == torch.float8_e4m3fn:
+            self.kv_scales = torch.full((cfg.num_layers, 2, cfg.num_kv_heads), FP8_KV_SCALE, device=device)
+        if self.kv_scales is not None:
+            for i, (k_cache, v_cache) in enumerate(self.kv_caches):
+                attach_kv_scales(k_cache, self.kv_scales[i, 0])
+                attach_kv_scales(v_cache, self.kv_scales[i, 1])
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the KV cache tensors and their scales."""
+        scales = 0 if self.kv_scales is None else self.kv_scales.numel() * self.kv_scales.element_size()
+        return self.kv_cache.numel() * self.kv_cache.element_size() + scales
 
     @staticmethod
-    def cache_bytes_per_block(cfg, block_size: int, dtype: torch.dtype) -> int:
-        elem = torch.empty((), dtype=dtype).element_size()
-        return cfg.num_layers * 2 * block_size * cfg.num_kv_heads * cfg.head_dim * elem
+    def cache_bytes_per_block(cfg, block_size: int, dtype: torch.dtype, kv_cache_dtype: str = "auto") -> int:
+        """Bytes one KV block takes over all layers: K and V rows, plus int8's (scale, zero) per slot and head."""
+        cache_dtype = kv_cache_torch_dtype(kv_cache_dtype, dtype)
+        elem = torch.empty((), dtype=cache_dtype).element_size()
+        row = cfg.head_dim * elem + (2 * 4 if cache_dtype == torch.int8 else 0)
+        return cfg.num_layers * 2 * block_size * cfg.num_kv_heads * row
 
     @torch.inference_mode()
     def run(self, chunks: list[ScheduledChunk]) -> StepOutput:

@@ -121,6 +121,7 @@ class Pipeline:
             "max_batch_size": scheduler.max_batch_size, "max_queued_requests": scheduler.max_queued_requests,
         }  # fmt: skip
         out.update(scheduler.stats())
+        out.update(self.engine.kv_cache_stats())
         return out
 
     def validate(self, ids: Any, *, name: str = "prompt", perplexity: bool = False) -> list[int]:

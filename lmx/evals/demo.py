@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..engine.config import KV_CACHE_DTYPES
 from . import niah, options, passkey, report
 from .common import DEFAULT_MODEL, RopeSetting, engine_factory
 
@@ -29,7 +30,8 @@ def run_demo(args: argparse.Namespace) -> int:
     assert output is not None
     started = time.perf_counter()
     session_len = max(PASSKEY_LENGTHS) + 128
-    factory = engine_factory(args.model, session_len=session_len, num_threads=args.threads)
+    kv = args.kv_cache_dtype
+    factory = engine_factory(args.model, session_len=session_len, num_threads=args.threads, kv_cache_dtype=kv)
     print(f"lmx demo: {args.model}, passkey at {PASSKEY_LENGTHS} tokens x {args.rounds} rounds, "
           f"RoPE {', '.join(s.name for s in PASSKEY_SETTINGS)}; then a needle heatmap\n", flush=True)  # fmt: skip
 
@@ -38,7 +40,9 @@ def run_demo(args: argparse.Namespace) -> int:
     written = passkey.print_and_save(result, output, header)
     print(flush=True)
 
-    niah_factory = engine_factory(args.model, session_len=max(NIAH_LENGTHS) + 128, num_threads=args.threads)
+    niah_factory = engine_factory(
+        args.model, session_len=max(NIAH_LENGTHS) + 128, num_threads=args.threads, kv_cache_dtype=kv
+    )
     result_niah = niah.run_niah(niah_factory, [RopeSetting()], NIAH_LENGTHS, NIAH_DEPTHS, seed=args.seed)
     header = {"command": "demo/niah", "config": {"model": args.model, "seed": args.seed}}
     written += niah.print_and_save(result_niah, output, header)
@@ -73,6 +77,7 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=options.non_negative_int, default=0)
     parser.add_argument("--threads", type=options.positive_int, default=None)
+    parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help="KV cache format")
     parser.add_argument("--output", default=str(Path("demo") / "results"), help="where JSON and PNGs go")
     parser.set_defaults(handler=run_demo)
 

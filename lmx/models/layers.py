@@ -198,6 +198,21 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
+# A quantized KV cache (int8, float8_e4m3fn) needs its scales beside each layer's cache tensors. The model runner
+# attaches them to the cache tensors themselves, so every model's layers keep passing (k_cache, v_cache) along.
+_KV_SCALES_ATTR = "_lmx_kv_scales"
+
+
+def attach_kv_scales(cache: torch.Tensor, scales: torch.Tensor | None) -> None:
+    """Give a layer's K or V cache tensor its quantization scales (``lmx.ops`` ``k_scales`` / ``v_scales``)."""
+    setattr(cache, _KV_SCALES_ATTR, scales)
+
+
+def kv_scales_of(cache: torch.Tensor) -> torch.Tensor | None:
+    """The scales ``attach_kv_scales`` gave ``cache`` (``None`` for a float cache)."""
+    return getattr(cache, _KV_SCALES_ATTR, None)
+
+
 def paged_self_attention(
     qkv: torch.Tensor,  # [T, (Hq + 2 Hkv) * D], the fused projection
     cfg: ModelConfig,
@@ -211,13 +226,14 @@ def paged_self_attention(
     q = q.view(T, cfg.num_heads, D)
     k = k.view(T, cfg.num_kv_heads, D)
     v = v.view(T, cfg.num_kv_heads, D)
+    scales = dict(k_scales=kv_scales_of(k_cache), v_scales=kv_scales_of(v_cache))  # quantized caches only
     with all_threads():
         ops.rotary_embedding_and_cache(
             q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.positions, cfg.rope,
-            cu_seqlens=ctx.rope_cu_seqlens, rope_seq_lens=ctx.rope_seq_lens,
+            cu_seqlens=ctx.rope_cu_seqlens, rope_seq_lens=ctx.rope_seq_lens, **scales,
         )  # fmt: skip
         out = ops.paged_attention(
             q, k_cache, v_cache, ctx.block_tables, ctx.seq_lens, ctx.cu_seqlens_q, D**-0.5,
-            sliding_window=cfg.sliding_window,
+            sliding_window=cfg.sliding_window, **scales,
         )  # fmt: skip
     return out.view(T, cfg.num_heads * D)

@@ -82,7 +82,9 @@ def create_app(pipe, *, model_name: str, api_key: str | None = None, limits: Ser
                      "type": "server_error", "param": None, "code": "engine_dead"}  # fmt: skip
             return JSONResponse({"status": "error", "model": model_name, "error": error}, status_code=503)
         m = engine.metrics()
-        cache = {k: m[k] for k in ("hit_rate", "cached_blocks", "free_blocks", "num_blocks") if k in m}
+        keys = ("hit_rate", "cached_blocks", "free_blocks", "num_blocks", "block_size", "capacity_tokens",
+                "kv_cache_dtype", "kv_cache_bytes")  # fmt: skip
+        cache = {k: m[k] for k in keys if k in m}
         return {"status": "ok", "model": model_name, "requests_in_engine": engine.num_unfinished, "kv_cache": cache}
 
     @app.get("/metrics")

@@ -156,8 +156,11 @@ def run_serve(args: argparse.Namespace) -> int:
         app = build_app(args)
         import uvicorn
 
+        kv = app.state.engine.pipe.engine.kv_cache_stats()
         print(f"lmx serve: {app.state.model_name} on http://{args.host}:{args.port} "
-              f"(session_len {app.state.engine.pipe.max_sequence_len}); document chat at /", flush=True)  # fmt: skip
+              f"(session_len {app.state.engine.pipe.max_sequence_len}; KV cache {kv['kv_cache_dtype']}, "
+              f"{kv['num_blocks']} blocks = {kv['capacity_tokens']} tokens, {kv['kv_cache_bytes'] / 2**20:.0f} MiB); "
+              f"document chat at /", flush=True)  # fmt: skip
         server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
         server.run(sockets=[sock])
         if not server.started:

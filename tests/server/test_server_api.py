@@ -49,7 +49,8 @@ def test_health_and_metrics_report_the_prefix_cache(client):
     assert after["prompt_tokens"] - before["prompt_tokens"] == 2 * len(prompt)
     assert 0 < after["hit_rate"] <= 1 and after["cached_blocks"] >= 3
     cache = client.get("/health").json()["kv_cache"]
-    assert set(cache) == {"hit_rate", "cached_blocks", "free_blocks", "num_blocks"}
+    assert set(cache) == {"hit_rate", "cached_blocks", "free_blocks", "num_blocks", "block_size", "capacity_tokens",
+                          "kv_cache_dtype", "kv_cache_bytes"}  # fmt: skip
     assert 0 <= cache["free_blocks"] <= cache["num_blocks"]
 
 
