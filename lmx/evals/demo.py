@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import KV_CACHE_DTYPES
+from ..engine import KV_CACHE_DTYPES
 from . import niah, options, passkey, report
 from .common import DEFAULT_MODEL, RopeSetting, engine_factory
 
