@@ -2,6 +2,8 @@
 
   decode        paged_attention, one query per sequence: bytes of K and V read per second, against a plain
                 device copy of the same number of bytes (torch.Tensor.copy_, which also writes them)
+  decode-int8   the same shapes with int8 and float8_e4m3fn caches (issue 12; bytes counted: the cache and its
+  decode-fp8    scales), timed in the same run as the unquantized cache: speedup = unquantized ms / quantized ms
   prefill       paged_attention over whole prompts, against SDPA's flash backend on contiguous [B, H, L, D]
   rope+cache    rotary_embedding_and_cache, against a copy of the bytes it reads and writes
 
@@ -73,6 +75,54 @@ def bench_decode(ops, dtype, rows):
                 copy_gbps=2 * kv_bytes / ref / 1e6,
             )
         )
+
+
+def quantize(ops, k_cache, v_cache, qdtype):
+    """int8 / float8_e4m3fn copies of the caches, written by the op itself (every slot), and their scales."""
+    nb, bs, hkv, d = k_cache.shape
+    kq, vq = torch.empty_like(k_cache, dtype=qdtype), torch.empty_like(v_cache, dtype=qdtype)
+    if qdtype == torch.int8:
+        ks = torch.empty(nb, bs, hkv, 2, dtype=torch.float32, device="cuda")
+        vs = torch.empty_like(ks)
+    else:
+        ks = k_cache.float().abs().amax(dim=(0, 1, 3)) / 448.0
+        vs = v_cache.float().abs().amax(dim=(0, 1, 3)) / 448.0
+    slots = torch.arange(nb * bs, device="cuda")
+    ops.reshape_and_cache(k_cache.view(-1, hkv, d), v_cache.view(-1, hkv, d), kq, vq, slots, k_scales=ks, v_scales=vs)
+    return kq, vq, ks, vs
+
+
+def bench_decode_quantized(ops, dtype, rows):
+    for B, L, Hq, Hkv, D in [
+        (1, 32768, 32, 8, 128),
+        (16, 4096, 32, 8, 128),
+        (64, 2048, 32, 8, 128),
+        (8, 131072, 32, 8, 128),
+    ]:
+        args = paged(B, L, Hq, Hkv, D, 16, dtype, 1)
+        q, k_cache, v_cache, table, seq_lens, cu = args
+        base_ms = timed(lambda args=args, D=D: ops.paged_attention(*args, D**-0.5))
+        for qdtype, name in [(torch.int8, "decode-int8"), (torch.float8_e4m3fn, "decode-fp8")]:
+            kq, vq, ks, vs = quantize(ops, k_cache, v_cache, qdtype)
+            qargs = (q, kq, vq, table, seq_lens, cu)
+            ms = timed(
+                lambda qargs=qargs, ks=ks, vs=vs, D=D: ops.paged_attention(*qargs, D**-0.5, k_scales=ks, v_scales=vs)
+            )
+            kv_bytes = 2 * B * L * Hkv * D  # one byte per element
+            if qdtype == torch.int8:
+                kv_bytes += 2 * B * L * Hkv * 8  # (scale, zero) per row
+            rows.append(
+                dict(
+                    bench=name,
+                    shape=f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}",
+                    ms=ms,
+                    baseline=f"{str(dtype).removeprefix('torch.')} cache",
+                    baseline_ms=base_ms,
+                    gbps=kv_bytes / ms / 1e6,
+                    speedup=base_ms / ms,
+                )
+            )
+            del kq, vq, ks, vs, qargs
 
 
 def bench_prefill(ops, dtype, rows):
@@ -149,16 +199,19 @@ def main() -> int:
     dtype = getattr(torch, args.dtype)
     rows: list[dict] = []
     bench_decode(ops, dtype, rows)
+    bench_decode_quantized(ops, dtype, rows)
     bench_prefill(ops, dtype, rows)
     bench_rope_cache(ops, dtype, rows)
-    print(f"{'bench':11s} {'shape':34s} {'ms':>9s} {'baseline':>11s} {'base ms':>9s}  rate")
+    print(f"{'bench':11s} {'shape':34s} {'ms':>9s} {'baseline':>14s} {'base ms':>9s}  rate")
     for r in rows:
-        rate = (
-            f"{r['gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
-            if "gbps" in r
-            else f"{r['tflops']:.1f} TFLOP/s vs {r['baseline_tflops']:.1f}"
-        )
-        print(f"{r['bench']:11s} {r['shape']:34s} {r['ms']:9.3f} {r['baseline']:>11s} {r['baseline_ms']:9.3f}  {rate}")
+        if "speedup" in r:
+            rate = f"{r['gbps']:.0f} GB/s, {r['speedup']:.2f}x the unquantized cache"
+        elif "gbps" in r:
+            rate = f"{r['gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
+        else:
+            rate = f"{r['tflops']:.1f} TFLOP/s vs {r['baseline_tflops']:.1f}"
+
+        print(f"{r['bench']:11s} {r['shape']:34s} {r['ms']:9.3f} {r['baseline']:>14s} {r['baseline_ms']:9.3f}  {rate}")
     if args.json:
         meta = dict(
             device=torch.cuda.get_device_name(), torch=torch.__version__, dtype=args.dtype, build=ops.build_info()

@@ -4,9 +4,15 @@
 //
 // Any number of queries per sequence is handled (query t sits at position len - n + (t - q_begin)); the glue
 // picks this kernel when there is about one query per sequence.
+//
+// Quantized caches (C = int8_t / fp8_e4m3, kv_quant.cuh) are read as they are and dequantized in registers, each
+// K / V element once for all the block's query heads: x^ = q * scale + zero (int8, the key row's scale read by
+// the lanes of its key, the value row's staged in shared memory with the tile's slots) or x^ = float(e4m3) * s[h].
+// Keys and values are read four channels (4 bytes) per lane and load, where the 16-bit caches take two.
 #pragma once
 
 #include "attention_common.cuh"
+#include "kv_quant.cuh"
 
 namespace lmx::cuda {
 
@@ -16,20 +22,24 @@ constexpr int kDecodeTile = 64;             // keys per tile (a multiple of 32)
 constexpr int kDecodeKeyLanes = 4;          // lanes that share one key's q.k
 constexpr int kDecodeDefaultPartition = 512;
 
-// Shared memory (floats) of the decode kernel.
-__host__ __device__ __forceinline__ int decode_smem_floats(int heads, int head_dim) {
-  const int pairs = head_dim / 2, groups = imax(1, kDecodeThreads / pairs);
+// Channels per thread in p.v: a pair for the 16-bit / fp32 caches, four (4 bytes) for int8 / fp8.
+template <typename C>
+inline constexpr int kDecodeVecWidth = kQuantizedCache<C> ? 4 : 2;
+
+// Shared memory (floats) of the decode kernel; vec: kDecodeVecWidth of the cache type.
+__host__ __device__ __forceinline__ int decode_smem_floats(int heads, int head_dim, int vec = 2) {
+  const int vecs = head_dim / vec, groups = imax(1, kDecodeThreads / vecs);
   return 2 * kDecodeTile                 // slot of each tile key (int64)
+         + 2 * kDecodeTile               // (scale, zero) of each tile key's value row (int8 caches)
          + heads * head_dim              // scaled queries
          + heads * kDecodeTile           // logits, then probabilities
          + 3 * heads                     // running max, running sum, rescale of this tile
          + groups * heads * head_dim;    // partial outputs of the key groups
 }
 
-template <typename T, int HEADS>
+template <typename T, typename C, int HEADS>
 __global__ void __launch_bounds__(kDecodeThreads, 4)
-    paged_attention_decode_kernel(PagedAttentionArgs a, HeadsView<T> out, HeadsView<const T> query,
-                                  const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+    paged_attention_decode_kernel(PagedAttentionArgs a, HeadsView<T> out, HeadsView<const T> query, KvCache<C> kv,
                                   float* __restrict__ part_out,  // [T, Hq, splits, D]
                                   float* __restrict__ part_ml,   // [T, Hq, splits, 2]
                                   int partition_size, int num_splits) {
@@ -54,7 +64,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
 
   LMX_DYNAMIC_SMEM(float, smem);
   int64_t* slots = reinterpret_cast<int64_t*>(smem);  // [kDecodeTile]
-  float* q_s = smem + 2 * kDecodeTile;                // [HEADS][D]
+  float* vsc_s = smem + 2 * kDecodeTile;              // [kDecodeTile][2]
+  float* q_s = vsc_s + 2 * kDecodeTile;               // [HEADS][D]
   float* p_s = q_s + HEADS * D;                       // [HEADS][kDecodeTile]
   float* m_s = p_s + HEADS * kDecodeTile;             // [HEADS]
   float* l_s = m_s + HEADS;                           // [HEADS]
@@ -69,13 +80,19 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
     m_s[tid] = -INFINITY;
     l_s[tid] = 0.f;
   }
-  // p.v mapping: thread -> (key group, channel pair).
-  const int groups = imax(1, kDecodeThreads / pairs);
-  const int kg = tid / pairs, pair = tid % pairs;
+  // p.v mapping: thread -> (key group, VW consecutive channels).
+  constexpr int VW = kDecodeVecWidth<C>;
+  const int vecs = D / VW;
+  const int groups = imax(1, kDecodeThreads / vecs);
+  const int kg = tid / vecs, vec = tid % vecs;
   const bool pv_active = kg < groups;
-  float acc[HEADS][2];
+  // The value rows' dequantization when it is per head (fp8) or none; int8 rows take theirs from vsc_s.
+  const RowScale v_head = std::is_same_v<C, int8_t> ? RowScale{1.f, 0.f} : row_scale<C>(kv.v_scales, 0, a.num_kv_heads, kv_head);
+  float acc[HEADS][VW];
 #pragma unroll
-  for (int g = 0; g < HEADS; ++g) acc[g][0] = acc[g][1] = 0.f;
+  for (int g = 0; g < HEADS; ++g)
+#pragma unroll
+    for (int e = 0; e < VW; ++e) acc[g][e] = 0.f;
   __syncthreads();
 
   const int64_t kv_stride = static_cast<int64_t>(a.num_kv_heads) * D;  // one slot holds [Hkv, D]
@@ -89,12 +106,26 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
 #pragma unroll
       for (int g = 0; g < HEADS; ++g) dot[g] = 0.f;
       if (slot >= 0) {
-        const T* krow = k_cache + slot * kv_stride + static_cast<int64_t>(kv_head) * D;
-        for (int v = lane % kDecodeKeyLanes; v < pairs; v += kDecodeKeyLanes) {
-          const float2 k2 = load_pair(krow + 2 * v);
+        const C* krow = kv.k + slot * kv_stride + static_cast<int64_t>(kv_head) * D;
+        const RowScale ks = row_scale<C>(kv.k_scales, slot, a.num_kv_heads, kv_head);
+        if constexpr (kQuantizedCache<C>) {
+          // int8 / fp8: four channels (4 bytes) per load, head_dim being a multiple of 16.
+          for (int u = lane % kDecodeKeyLanes; u < D / 4; u += kDecodeKeyLanes) {
+            const float4 k4 = load_quad_dq(krow + 4 * u, ks);
 #pragma unroll
-          for (int g = 0; g < HEADS; ++g)
-            if (g < nh) dot[g] += q_s[g * D + 2 * v] * k2.x + q_s[g * D + 2 * v + 1] * k2.y;
+            for (int g = 0; g < HEADS; ++g)
+              if (g < nh) {
+                const float* qg = q_s + g * D + 4 * u;
+                dot[g] += qg[0] * k4.x + qg[1] * k4.y + qg[2] * k4.z + qg[3] * k4.w;
+              }
+          }
+        } else {
+          for (int v = lane % kDecodeKeyLanes; v < pairs; v += kDecodeKeyLanes) {
+            const float2 k2 = load_pair_dq(krow + 2 * v, ks);
+#pragma unroll
+            for (int g = 0; g < HEADS; ++g)
+              if (g < nh) dot[g] += q_s[g * D + 2 * v] * k2.x + q_s[g * D + 2 * v + 1] * k2.y;
+          }
         }
       }
 #pragma unroll
@@ -107,7 +138,16 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
           p_s[g * kDecodeTile + kk] = logit;
         }
       }
-      if (lane % kDecodeKeyLanes == 0) slots[kk] = slot;
+      if (lane % kDecodeKeyLanes == 0) {
+        slots[kk] = slot;
+        if constexpr (std::is_same_v<C, int8_t>) {
+          if (slot >= 0) {
+            const RowScale vs = row_scale<C>(kv.v_scales, slot, a.num_kv_heads, kv_head);
+            vsc_s[2 * kk] = vs.scale;
+            vsc_s[2 * kk + 1] = vs.zero;
+          }
+        }
+      }
     }
     __syncthreads();
 
@@ -141,25 +181,39 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
     }
     __syncthreads();
 
-    // p.v: each active thread owns one channel pair and every groups-th key of the tile.
+    // p.v: each active thread owns VW channels and every groups-th key of the tile.
     if (pv_active) {
 #pragma unroll
       for (int g = 0; g < HEADS; ++g)
         if (g < nh) {
-          acc[g][0] *= alpha_s[g];
-          acc[g][1] *= alpha_s[g];
+#pragma unroll
+          for (int e = 0; e < VW; ++e) acc[g][e] *= alpha_s[g];
         }
       const int n_keys = static_cast<int>(imin<int64_t>(kDecodeTile, k_end - k0));
       for (int kk = kg; kk < n_keys; kk += groups) {
         const int64_t slot = slots[kk];
         if (slot < 0) continue;  // hidden key: never loaded
-        const float2 v2 = load_pair(v_cache + slot * kv_stride + static_cast<int64_t>(kv_head) * D + 2 * pair);
+        RowScale vs = v_head;
+        if constexpr (std::is_same_v<C, int8_t>) vs = RowScale{vsc_s[2 * kk], vsc_s[2 * kk + 1]};
+        const C* vrow = kv.v + slot * kv_stride + static_cast<int64_t>(kv_head) * D + VW * vec;
+        float vx[VW];
+        if constexpr (VW == 4) {
+          const float4 v4 = load_quad_dq(vrow, vs);
+          vx[0] = v4.x;
+          vx[1] = v4.y;
+          vx[2] = v4.z;
+          vx[3] = v4.w;
+        } else {
+          const float2 v2 = load_pair_dq(vrow, vs);
+          vx[0] = v2.x;
+          vx[1] = v2.y;
+        }
 #pragma unroll
         for (int g = 0; g < HEADS; ++g)
           if (g < nh) {
             const float p = p_s[g * kDecodeTile + kk];
-            acc[g][0] += p * v2.x;
-            acc[g][1] += p * v2.y;
+#pragma unroll
+            for (int e = 0; e < VW; ++e) acc[g][e] += p * vx[e];
           }
       }
     }
@@ -171,8 +225,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 4)
 #pragma unroll
     for (int g = 0; g < HEADS; ++g)
       if (g < nh) {
-        red_s[(kg * HEADS + g) * D + 2 * pair] = acc[g][0];
-        red_s[(kg * HEADS + g) * D + 2 * pair + 1] = acc[g][1];
+#pragma unroll
+        for (int e = 0; e < VW; ++e) red_s[(kg * HEADS + g) * D + VW * vec + e] = acc[g][e];
       }
   }
   __syncthreads();

@@ -5,9 +5,11 @@
 // staged in shared memory as fp32 (zeros for keys that are hidden or past the tile's last visible key); the online
 // softmax runs in fp32 in registers, 8 threads per row. Grid x walks the sequences' row tiles (an upper bound,
 // sum over b of ceil(n_b * G / rows) <= ceil(T * G / rows) + B, because the host does not read cu_seqlens_q).
+// Quantized caches (C = int8_t / fp8_e4m3) are dequantized to fp32 as the tiles are staged (kv_quant.cuh).
 #pragma once
 
 #include "attention_common.cuh"
+#include "kv_quant.cuh"
 
 namespace lmx::cuda {
 
@@ -19,16 +21,16 @@ static_assert(kPrefillLanesPerRow == 8 && kPrefillKeys % kPrefillLanesPerRow == 
 
 __host__ __device__ __forceinline__ int prefill_k_stride(int head_dim) { return head_dim + 4; }  // no bank conflicts
 
-// Shared memory (floats): slots, Q, K (padded rows), V, P.
+// Shared memory (floats): slots, row scales (quantized caches), Q, K (padded rows), V, P.
 __host__ __device__ __forceinline__ int prefill_smem_floats(int head_dim) {
-  return 2 * kPrefillKeys + kPrefillRows * head_dim + kPrefillKeys * prefill_k_stride(head_dim) +
+  return 2 * kPrefillKeys + 4 * kPrefillKeys + kPrefillRows * head_dim + kPrefillKeys * prefill_k_stride(head_dim) +
          kPrefillKeys * head_dim + kPrefillRows * kPrefillKeys;
 }
 
-template <typename T, int MAX_D>
+template <typename T, typename C, int MAX_D>
 __global__ void __launch_bounds__(kPrefillThreads)
     paged_attention_prefill_kernel(PagedAttentionArgs a, HeadsView<T> out, HeadsView<const T> query,
-                                   const T* __restrict__ k_cache, const T* __restrict__ v_cache) {
+                                   KvCache<C> kv) {
   constexpr int COLS = MAX_D / kPrefillLanesPerRow;  // output channels per thread at most
   const int D = a.head_dim, KS = prefill_k_stride(D);
   const int group = a.num_q_heads / a.num_kv_heads;
@@ -61,7 +63,8 @@ __global__ void __launch_bounds__(kPrefillThreads)
 
   LMX_DYNAMIC_SMEM(float, smem);
   int64_t* slots = reinterpret_cast<int64_t*>(smem);  // [kPrefillKeys]
-  float* q_s = smem + 2 * kPrefillKeys;               // [rows][D], scaled
+  float* sc_s = smem + 2 * kPrefillKeys;              // [keys][4]: K scale, K zero, V scale, V zero
+  float* q_s = sc_s + 4 * kPrefillKeys;               // [rows][D], scaled
   float* k_s = q_s + kPrefillRows * D;                // [keys][KS]
   float* v_s = k_s + kPrefillKeys * KS;               // [keys][D]
   float* p_s = v_s + kPrefillKeys * D;                // [rows][keys]
@@ -85,21 +88,37 @@ __global__ void __launch_bounds__(kPrefillThreads)
   const int64_t kv_stride = static_cast<int64_t>(a.num_kv_heads) * D;
 
   for (int64_t k0 = lo; k0 < hi; k0 += kPrefillKeys) {
-    if (tid < kPrefillKeys) slots[tid] = k0 + tid < hi ? key_slot(a, table, k0 + tid) : -1;
+    if (tid < kPrefillKeys) {
+      const int64_t slot = k0 + tid < hi ? key_slot(a, table, k0 + tid) : -1;
+      slots[tid] = slot;
+      stage_row_scales<C>(sc_s + 4 * tid, kv, slot, a.num_kv_heads, kv_head);
+    }
     __syncthreads();  // slots ready; the previous tile's readers are done (also orders q_s before first use)
-    for (int i = tid; i < kPrefillKeys * (D / 2); i += kPrefillThreads) {
+    const auto stage = [&](int i) {
       const int kk = i / (D / 2), d = 2 * (i % (D / 2));
       const int64_t slot = slots[kk];
-      float2 kv = make_float2(0.f, 0.f), vv = make_float2(0.f, 0.f);
+      float2 kv2 = make_float2(0.f, 0.f), vv = make_float2(0.f, 0.f);
       if (slot >= 0) {
         const int64_t off = slot * kv_stride + static_cast<int64_t>(kv_head) * D + d;
-        kv = load_pair(k_cache + off);
-        vv = load_pair(v_cache + off);
+        RowScale ks{1.f, 0.f}, vs{1.f, 0.f};
+        if constexpr (kQuantizedCache<C>) {
+          ks = RowScale{sc_s[4 * kk], sc_s[4 * kk + 1]};
+          vs = RowScale{sc_s[4 * kk + 2], sc_s[4 * kk + 3]};
+        }
+        kv2 = load_pair_dq(kv.k + off, ks);
+        vv = load_pair_dq(kv.v + off, vs);
       }
-      k_s[kk * KS + d] = kv.x;
-      k_s[kk * KS + d + 1] = kv.y;
+      k_s[kk * KS + d] = kv2.x;
+      k_s[kk * KS + d + 1] = kv2.y;
       v_s[kk * D + d] = vv.x;
       v_s[kk * D + d + 1] = vv.y;
+    };
+    if constexpr (std::is_same_v<C, int8_t>) {
+      // Not unrolled: unrolled, ptxas spills 52 bytes for head_dim <= 64 on sm_90a (with 72 registers in use).
+#pragma unroll 1
+      for (int i = tid; i < kPrefillKeys * (D / 2); i += kPrefillThreads) stage(i);
+    } else {
+      for (int i = tid; i < kPrefillKeys * (D / 2); i += kPrefillThreads) stage(i);
     }
     __syncthreads();
 

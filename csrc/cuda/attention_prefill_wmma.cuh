@@ -10,11 +10,15 @@
 //                 the input dtype (as FlashAttention does); the row's fp32 output is rescaled by exp(m_old - m_new)
 //   O += P V      wmma, the fp32 output kept in shared memory (a fragment's element layout is opaque, so rows can
 //                 be rescaled only there)
+// Quantized caches (C = int8_t / fp8_e4m3): each K / V element is dequantized in fp32 (kv_quant.cuh) and rounded
+// once to T as the tile is staged, so the tensor cores see the dequantized cache in the activation dtype (the error
+// of a cache held in T; the accuracy tests bound it).
 // The output row is O / l, rounded once. Shared memory rows are padded by 16 bytes (ldm stays a multiple of 16 bytes,
 // every tile pointer 32-byte aligned).
 #pragma once
 
 #include "attention_common.cuh"
+#include "kv_quant.cuh"
 
 namespace lmx::cuda {
 
@@ -30,17 +34,17 @@ constexpr int kWmmaSStride = kWmmaKeys + 4;                                     
 constexpr int kWmmaPStride = kWmmaKeys + 8;                                                  // P (16-bit)
 __host__ __device__ __forceinline__ int wmma_o_stride(int head_dim) { return head_dim + 4; }  // O (fp32)
 
-// Bytes of shared memory: slots, Q, K, V, S, P, O (each a multiple of 32 bytes).
+// Bytes of shared memory: slots, row scales (quantized caches), Q, K, V, S, P, O (each a multiple of 32 bytes).
 __host__ __device__ __forceinline__ int wmma_smem_bytes(int head_dim) {
   const int ts = wmma_t_stride(head_dim);
-  return 8 * kWmmaKeys + 2 * kWmmaRows * ts + 2 * 2 * kWmmaKeys * ts + 4 * kWmmaRows * kWmmaSStride +
+  return 8 * kWmmaKeys + 16 * kWmmaKeys + 2 * kWmmaRows * ts + 2 * 2 * kWmmaKeys * ts + 4 * kWmmaRows * kWmmaSStride +
          2 * kWmmaRows * kWmmaPStride + 4 * kWmmaRows * wmma_o_stride(head_dim);
 }
 
-template <typename T>
+template <typename T, typename C>
 __global__ void __launch_bounds__(kWmmaThreads)
     paged_attention_prefill_wmma_kernel(PagedAttentionArgs a, HeadsView<T> out, HeadsView<const T> query,
-                                        const T* __restrict__ k_cache, const T* __restrict__ v_cache) {
+                                        KvCache<C> kv) {
   namespace wmma = nvcuda::wmma;
   const int D = a.head_dim, TS = wmma_t_stride(D), OS = wmma_o_stride(D);
   const int group = a.num_q_heads / a.num_kv_heads;
@@ -68,7 +72,8 @@ __global__ void __launch_bounds__(kWmmaThreads)
 
   LMX_DYNAMIC_SMEM(unsigned char, smem);
   int64_t* slots = reinterpret_cast<int64_t*>(smem);                     // [kWmmaKeys]
-  T* q_s = reinterpret_cast<T*>(smem + 8 * kWmmaKeys);                   // [rows][TS]
+  float* sc_s = reinterpret_cast<float*>(smem + 8 * kWmmaKeys);         // [keys][4]: K scale, zero, V scale, zero
+  T* q_s = reinterpret_cast<T*>(smem + 24 * kWmmaKeys);                  // [rows][TS]
   T* k_s = q_s + kWmmaRows * TS;                                         // [keys][TS]
   T* v_s = k_s + kWmmaKeys * TS;                                         // [keys][TS]
   float* s_s = reinterpret_cast<float*>(v_s + kWmmaKeys * TS);           // [rows][kWmmaSStride]
@@ -107,19 +112,43 @@ __global__ void __launch_bounds__(kWmmaThreads)
   float* o_w = o_s + 16 * warp * OS;
 
   for (int64_t k0 = lo; k0 < hi; k0 += kWmmaKeys) {
-    if (tid < kWmmaKeys) slots[tid] = k0 + tid < hi ? key_slot(a, table, k0 + tid) : -1;
+    if (tid < kWmmaKeys) {
+      const int64_t slot = k0 + tid < hi ? key_slot(a, table, k0 + tid) : -1;
+      slots[tid] = slot;
+      stage_row_scales<C>(sc_s + 4 * tid, kv, slot, a.num_kv_heads, kv_head);
+    }
     __syncthreads();  // slots ready; the previous tile's readers are done (also orders q_s / o_s before first use)
-    for (int i = tid; i < kWmmaKeys * D; i += kWmmaThreads) {
-      const int kk = i / D, d = i % D;
-      const int64_t slot = slots[kk];
-      T kx = zero, vx = zero;
-      if (slot >= 0) {
-        const int64_t off = slot * kv_stride + static_cast<int64_t>(kv_head) * D + d;
-        kx = k_cache[off];
-        vx = v_cache[off];
+    if constexpr (kQuantizedCache<C>) {
+      // Two channels at a time, dequantized in fp32 and rounded once to T. ptxas spills for fp16 with fp8 unless this
+      // loop is not unrolled on sm_90a and is unrolled on sm_80 (CUDA 13.0; the emulator ignores the pragma).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#pragma unroll 1
+#endif
+      for (int i = tid; i < kWmmaKeys * (D / 2); i += kWmmaThreads) {
+        const int kk = i / (D / 2), d = 2 * (i % (D / 2));
+        const int64_t slot = slots[kk];
+        float2 kx = make_float2(0.f, 0.f), vx = make_float2(0.f, 0.f);
+        if (slot >= 0) {
+          const int64_t off = slot * kv_stride + static_cast<int64_t>(kv_head) * D + d;
+          kx = load_pair_dq(kv.k + off, RowScale{sc_s[4 * kk], sc_s[4 * kk + 1]});
+          vx = load_pair_dq(kv.v + off, RowScale{sc_s[4 * kk + 2], sc_s[4 * kk + 3]});
+        }
+        store_pair(k_s + kk * TS + d, kx);
+        store_pair(v_s + kk * TS + d, vx);
       }
-      k_s[kk * TS + d] = kx;
-      v_s[kk * TS + d] = vx;
+    } else {
+      for (int i = tid; i < kWmmaKeys * D; i += kWmmaThreads) {
+        const int kk = i / D, d = i % D;
+        const int64_t slot = slots[kk];
+        T kx = zero, vx = zero;
+        if (slot >= 0) {
+          const int64_t off = slot * kv_stride + static_cast<int64_t>(kv_head) * D + d;
+          kx = kv.k[off];
+          vx = kv.v[off];
+        }
+        k_s[kk * TS + d] = kx;
+        v_s[kk * TS + d] = vx;
+      }
     }
     __syncthreads();
 

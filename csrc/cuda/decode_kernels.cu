@@ -22,43 +22,47 @@ size_t decode_workspace_bytes(const PagedAttentionArgs& a, int partition_size) {
   return rows * (a.head_dim + 2) * sizeof(float);
 }
 
-template <typename T, int HEADS>
-static void launch_decode(const PagedAttentionArgs& a, HeadsView<T> out, HeadsView<const T> query, const T* k_cache,
-                          const T* v_cache, void* workspace, int partition, int splits, cudaStream_t stream) {
+template <typename T, typename C, int HEADS>
+static void launch_decode(const PagedAttentionArgs& a, HeadsView<T> out, HeadsView<const T> query, KvCache<C> kv,
+                          void* workspace, int partition, int splits, cudaStream_t stream) {
   const int group = a.num_q_heads / a.num_kv_heads;
   const int chunks = (group + HEADS - 1) / HEADS;
   float* part_out = static_cast<float*>(workspace);
   float* part_ml = splits > 1 ? part_out + static_cast<size_t>(a.num_tokens) * a.num_q_heads * splits * a.head_dim
                               : nullptr;
   const dim3 grid(static_cast<unsigned>(a.num_tokens), a.num_kv_heads * chunks, splits);
-  const size_t smem = decode_smem_floats(HEADS, a.head_dim) * sizeof(float);
-  LMX_LAUNCH((paged_attention_decode_kernel<T, HEADS>), grid, dim3(kDecodeThreads), smem, stream, a, out, query,
-             k_cache, v_cache, part_out, part_ml, partition, splits);
+  const size_t smem = decode_smem_floats(HEADS, a.head_dim, kDecodeVecWidth<C>) * sizeof(float);
+  LMX_LAUNCH((paged_attention_decode_kernel<T, C, HEADS>), grid, dim3(kDecodeThreads), smem, stream, a, out, query,
+             kv, part_out, part_ml, partition, splits);
   if (splits > 1)
     LMX_LAUNCH(paged_attention_merge_kernel<T>, dim3(static_cast<unsigned>(a.num_tokens), a.num_q_heads),
                dim3(kMergeThreads), 0, stream, a, out, part_out, part_ml, splits);
 }
 
-template <typename T>
+template <typename T, typename C>
 void launch_paged_attention_decode(const PagedAttentionArgs& a, HeadsView<T> out, HeadsView<const T> query,
-                                   const T* k_cache, const T* v_cache, void* workspace, int partition_size,
-                                   cudaStream_t stream) {
+                                   KvCache<C> kv, void* workspace, int partition_size, cudaStream_t stream) {
   if (a.num_tokens == 0 || a.num_seqs == 0) return;
   const int partition = decode_partition_size(a, partition_size);
   const int splits = decode_num_splits(a, partition_size);
   const int group = a.num_q_heads / a.num_kv_heads;
   // Query heads per block: all heads of the KV head up to 8 (each K/V load serves them all).
-  if (group >= 8) launch_decode<T, 8>(a, out, query, k_cache, v_cache, workspace, partition, splits, stream);
-  else if (group >= 4) launch_decode<T, 4>(a, out, query, k_cache, v_cache, workspace, partition, splits, stream);
-  else if (group >= 2) launch_decode<T, 2>(a, out, query, k_cache, v_cache, workspace, partition, splits, stream);
-  else launch_decode<T, 1>(a, out, query, k_cache, v_cache, workspace, partition, splits, stream);
+  if (group >= 8) launch_decode<T, C, 8>(a, out, query, kv, workspace, partition, splits, stream);
+  else if (group >= 4) launch_decode<T, C, 4>(a, out, query, kv, workspace, partition, splits, stream);
+  else if (group >= 2) launch_decode<T, C, 2>(a, out, query, kv, workspace, partition, splits, stream);
+  else launch_decode<T, C, 1>(a, out, query, kv, workspace, partition, splits, stream);
 }
 
-#define LMX_INSTANTIATE_DECODE(T)                                                                               \
-  template void launch_paged_attention_decode<T>(const PagedAttentionArgs&, HeadsView<T>, HeadsView<const T>, \
-                                                 const T*, const T*, void*, int, cudaStream_t);
-LMX_INSTANTIATE_DECODE(float)
-LMX_INSTANTIATE_DECODE(__half)
-LMX_INSTANTIATE_DECODE(__nv_bfloat16)
+// Every activation type with its own cache type and with the int8 / fp8 caches.
+#define LMX_INSTANTIATE_DECODE(T, C)                                                                               \
+  template void launch_paged_attention_decode<T, C>(const PagedAttentionArgs&, HeadsView<T>, HeadsView<const T>, \
+                                                    KvCache<C>, void*, int, cudaStream_t);
+#define LMX_INSTANTIATE_DECODE_ALL(T) \
+  LMX_INSTANTIATE_DECODE(T, T)        \
+  LMX_INSTANTIATE_DECODE(T, int8_t)   \
+  LMX_INSTANTIATE_DECODE(T, fp8_e4m3)
+LMX_INSTANTIATE_DECODE_ALL(float)
+LMX_INSTANTIATE_DECODE_ALL(__half)
+LMX_INSTANTIATE_DECODE_ALL(__nv_bfloat16)
 
 }  // namespace lmx::cuda

@@ -8,6 +8,7 @@
 
 #include "../rope_math.h"
 #include "common.cuh"
+#include "kv_quant.cuh"
 #include "launchers.h"
 
 namespace lmx::cuda {
@@ -48,15 +49,18 @@ __global__ void __launch_bounds__(kRopeThreads)
 }
 
 // One block per token. Work items, in order: query rotations (Hq * half), key rotations (Hkv * half), and with a
-// cache: key channels past rotary_dim (Hkv * (D - rotary_dim)) and value channels (Hkv * D) copied to the slot,
-// the rotated key pairs being written by the thread that rotated them.
-template <typename T>
+// cache of type T: key channels past rotary_dim (Hkv * (D - rotary_dim)) and value channels (Hkv * D) copied to
+// the slot, the rotated key pairs being written by the thread that rotated them. With a quantized cache (C int8 /
+// fp8) the rotations come first; after a barrier (the rotated key is in global memory, written by this block) the
+// block's warps quantize the key rows, as `key` now holds them, and the value rows (kv_quant.cuh).
+template <typename T, typename C>
 __global__ void __launch_bounds__(kRopeThreads)
     rotary_kernel(int rotary_dim, bool is_neox, bool precise, float attention_factor, int head_dim, bool per_seq,
                   const int64_t* __restrict__ positions, const int32_t* __restrict__ cu_seqlens, int num_seqs,
                   const float* __restrict__ tables, HeadsView<T> query, HeadsView<T> key, HeadsView<const T> value,
-                  T* __restrict__ k_cache, T* __restrict__ v_cache, const int64_t* __restrict__ slot_mapping,
-                  int64_t num_slots) {
+                  C* __restrict__ k_cache, C* __restrict__ v_cache, float* __restrict__ k_scales,
+                  float* __restrict__ v_scales, const int64_t* __restrict__ slot_mapping, int64_t num_slots) {
+  constexpr bool kQuant = kQuantizedCache<C>;
   const int64_t t = blockIdx.x;
   const int half = rotary_dim / 2;
   LMX_DYNAMIC_SMEM(float, cs);  // [2 * half]: cos, then sin
@@ -74,8 +78,8 @@ __global__ void __launch_bounds__(kRopeThreads)
   const int num_kv = key.data != nullptr ? key.num_heads : 0;
   const int64_t slot_stride = static_cast<int64_t>(num_kv) * head_dim;
   const int rot_items = (query.num_heads + num_kv) * half;
-  const int copy_k = slot >= 0 ? num_kv * (head_dim - rotary_dim) : 0;
-  const int copy_v = slot >= 0 ? num_kv * head_dim : 0;
+  const int copy_k = slot >= 0 && !kQuant ? num_kv * (head_dim - rotary_dim) : 0;
+  const int copy_v = slot >= 0 && !kQuant ? num_kv * head_dim : 0;
   for (int item = threadIdx.x; item < rot_items + copy_k + copy_v; item += kRopeThreads) {
     if (item < rot_items) {
       const int h = item / half, i = item % half;
@@ -89,22 +93,36 @@ __global__ void __launch_bounds__(kRopeThreads)
       const T y1 = from_float<T>(x1 * c - x2 * s), y2 = from_float<T>(x2 * c + x1 * s);
       x[i1] = y1;
       x[i2] = y2;
-      if (is_key && slot >= 0) {
-        T* dst = k_cache + slot * slot_stride + static_cast<int64_t>(kh) * head_dim;
-        dst[i1] = y1;
-        dst[i2] = y2;
+      if constexpr (!kQuant) {
+        if (is_key && slot >= 0) {
+          T* dst = k_cache + slot * slot_stride + static_cast<int64_t>(kh) * head_dim;
+          dst[i1] = y1;
+          dst[i2] = y2;
+        }
       }
-    } else if (item < rot_items + copy_k) {
-      const int j = item - rot_items, rest = head_dim - rotary_dim;
-      const int kh = j / rest, c = rotary_dim + j % rest;
-      k_cache[slot * slot_stride + static_cast<int64_t>(kh) * head_dim + c] =
-          key.data[t * key.token_stride + kh * key.head_stride + c];
-    } else {
-      const int j = item - rot_items - copy_k;
-      const int vh = j / head_dim, c = j % head_dim;
-      v_cache[slot * slot_stride + static_cast<int64_t>(vh) * head_dim + c] =
-          value.data[t * value.token_stride + vh * value.head_stride + c];
+    } else if constexpr (!kQuant) {
+      if (item < rot_items + copy_k) {
+        const int j = item - rot_items, rest = head_dim - rotary_dim;
+        const int kh = j / rest, c = rotary_dim + j % rest;
+        k_cache[slot * slot_stride + static_cast<int64_t>(kh) * head_dim + c] =
+            key.data[t * key.token_stride + kh * key.head_stride + c];
+      } else {
+        const int j = item - rot_items - copy_k;
+        const int vh = j / head_dim, c = j % head_dim;
+        v_cache[slot * slot_stride + static_cast<int64_t>(vh) * head_dim + c] =
+            value.data[t * value.token_stride + vh * value.head_stride + c];
+      }
     }
+  }
+  if constexpr (kQuant) {
+    if (slot >= 0 && num_kv > 0) {  // uniform over the block
+      __syncthreads();              // every rotated key channel of this token is stored
+      const HeadsView<const T> k_rot{key.data, key.token_stride, key.head_stride, key.num_heads};
+      quantize_token<T, C>(t, slot, head_dim, k_rot, value, k_cache, v_cache, k_scales, v_scales, kRopeThreads);
+    }
+  } else {
+    (void)k_scales;
+    (void)v_scales;
   }
 }
 

@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from .config import (
+    KV_CACHE_DTYPES,
     LOGPROBS_MAX,
     MAX_NEW_TOKENS_MAX,
     REPETITION_PENALTY_RANGE,
@@ -25,7 +26,7 @@ from .errors import EngineBusyError, RequestError, RequestTypeError, as_request_
 __all__ = [
     "EngineConfig", "GenerationConfig", "EngineBusyError", "RequestError", "RequestTypeError", "as_request_error",
     "LLMEngine", "Pipeline", "pipeline", "Response", "OutputStream", "sampling_config",
-    "LOGPROBS_MAX", "MAX_NEW_TOKENS_MAX", "REPETITION_PENALTY_RANGE", "SEED_RANGE", "TEMPERATURE_MAX", "TOP_K_MAX",
+    "KV_CACHE_DTYPES", "LOGPROBS_MAX", "MAX_NEW_TOKENS_MAX", "REPETITION_PENALTY_RANGE", "SEED_RANGE", "TEMPERATURE_MAX", "TOP_K_MAX",
 ]  # fmt: skip
 
 

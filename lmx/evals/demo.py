@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..engine import KV_CACHE_DTYPES
 from . import niah, options, passkey, report
 from .common import DEFAULT_MODEL, RopeSetting, engine_factory
 
@@ -37,10 +38,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"RoPE {', '.join(s.name for s in PASSKEY_SETTINGS)}; then a needle heatmap\n", flush=True)  # fmt: skip
 
     result = passkey.run_passkey(factory, PASSKEY_SETTINGS, PASSKEY_LENGTHS, rounds=args.rounds, seed=args.seed)
-    header = {
-        "command": "demo/passkey",
-        "config": {"model": args.model, "session_len": session_len, "seed": args.seed, "kv_cache_dtype": kv},
-    }
+    header = {"command": "demo/passkey", "config": {"model": args.model, "session_len": session_len, "seed": args.seed}}
     written = passkey.print_and_save(result, output, header)
     print(flush=True)
 
@@ -48,7 +46,7 @@ def run_demo(args: argparse.Namespace) -> int:
         args.model, session_len=max(NIAH_LENGTHS) + 128, num_threads=args.threads, tp=args.tp, kv_cache_dtype=kv
     )
     result_niah = niah.run_niah(niah_factory, [RopeSetting()], NIAH_LENGTHS, NIAH_DEPTHS, seed=args.seed)
-    header = {"command": "demo/niah", "config": {"model": args.model, "seed": args.seed, "kv_cache_dtype": kv}}
+    header = {"command": "demo/niah", "config": {"model": args.model, "seed": args.seed}}
     written += niah.print_and_save(result_niah, output, header)
 
     print(f"\nlmx demo: done in {time.perf_counter() - started:.0f} s; results:")
@@ -69,16 +67,6 @@ def _headline(result: dict[str, Any]) -> None:
               f"{dynamic['correct']}/{dynamic['rounds']}.")  # fmt: skip
 
 
-def _kv_cache_dtypes() -> tuple[str, ...]:
-    """EngineConfig.kv_cache_dtype's choices (the field's command-line metadata)."""
-    import dataclasses
-
-    from lmx.engine import EngineConfig
-
-    field = next(f for f in dataclasses.fields(EngineConfig) if f.name == "kv_cache_dtype")
-    return tuple(field.metadata["cli"]["choices"])
-
-
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo", help="the main job: passkey default vs dynamic NTK at 4k/15k tokens and a needle heatmap",
@@ -92,7 +80,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=options.non_negative_int, default=0)
     parser.add_argument("--threads", type=options.positive_int, default=None)
     parser.add_argument("--tp", type=options.positive_int, default=1, help="tensor-parallel ranks (EngineConfig.tp)")
-    parser.add_argument("--kv-cache-dtype", choices=_kv_cache_dtypes(), default="auto", help="KV cache format")
+    parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help="KV cache format")
     parser.add_argument("--output", default=str(Path("demo") / "results"), help="where JSON and PNGs go")
     parser.set_defaults(handler=run_demo)
 

@@ -156,52 +156,51 @@ _WIDEN_BF16 = not cpu_has_native_bf16()
 # (``all_threads``) every thread again.
 # Decode-sized steps (under ``_PARALLEL_MIN_TOKENS`` tokens) read the weights and K/V (0.9 GB a token for
 # SmolLM2-135M in fp32 at an 8k context): on 2 quiet cores their GEMVs and attention run twice as fast on both
-# (attention 23.5 -> 13.0 ms a step, oneDNN's GEMVs 29 -> 45 GB/s), on cores other jobs keep busy ten times slower
-# (each of the ~150 fork/joins of a step waits for a tick). So ``_DecodeThreads`` times the decode steps both ways
-# and keeps the faster, trying the other one now and then; only ops that read ``_PARALLEL_MIN_BYTES`` fork at all
-# (a tiny model's never do). Both ways give the same numbers: the kernels' sums do not depend on the thread
-# count. ``LMX_CPU_DECODE_THREADS=1`` (or =all) fixes the choice.
+# (attention 23.5 -> 13.0 ms a step, oneDNN's GEMVs 29 -> 45 GB/s), on cores other jobs keep busy 20 times slower
+# (each fork/join waits for a 4 ms tick: a step took 1.2 s against 54 ms on one thread). So in such steps only ops
+# that read ``_PARALLEL_MIN_BYTES`` may fork (a tiny model's never do), and ``_DecodeThreads`` times them per
+# byte both ways, per kind of op, and keeps the faster, trying the other way on one op now and then. Both ways give
+# the same numbers: the kernels' sums do not depend on the thread count. ``LMX_CPU_DECODE_THREADS=1`` (or =all)
+# fixes the choice.
 _PARALLEL_MIN_TOKENS = 64
 _PARALLEL_MIN_BYTES = 1 << 20
 _threads = threading.local()
 
 
 class _DecodeThreads:
-    """One thread or all for the big ops of decode-sized steps: whichever the recent steps ran faster."""
+    """One thread or all for one kind of big op in decode-sized steps: whichever ran faster per byte lately."""
 
-    PROBE_EVERY = 16  # steps before the slower way is tried again; doubles each time it loses (up to 1024)
+    PROBE_EVERY = 16  # calls before the slower way is tried again; doubles each time it loses (up to 1024)
 
     def __init__(self, fixed: str = "") -> None:
         self.fixed = {"1": False, "all": True}.get(fixed)
-        self.ema: dict[bool, float | None] = {False: None, True: None}
+        self.cost: dict[bool, float | None] = {False: None, True: None}  # seconds per byte, moving average
         self.interval = self.PROBE_EVERY
         self.countdown = self.interval
 
     def choose(self) -> bool:
         if self.fixed is not None:
             return self.fixed
-        for way in (True, False):
-            if self.ema[way] is None:
-                return way
-        best = self.ema[True] <= self.ema[False]
+        if self.cost[False] is None or self.cost[True] is None:
+            return self.cost[False] is not None  # one thread first (the safe way), then one try of all
+        best = self.cost[True] <= self.cost[False]
         self.countdown -= 1
-        if self.countdown <= 0:
-            return not best  # a probe
-        return best
+        return (not best) if self.countdown <= 0 else best
 
-    def record(self, parallel: bool, seconds: float) -> None:
+    def record(self, parallel: bool, seconds: float, nbytes: int) -> None:
         if self.fixed is not None:
             return
-        old = self.ema[parallel]
-        if old is not None and self.countdown <= 0:  # a probe: its time replaces the stale one
-            won = seconds < self.ema[not parallel]
-            self.interval = self.PROBE_EVERY if won else min(2 * self.interval, 1024)
+        cost, old = seconds / nbytes, self.cost[parallel]
+        other = self.cost[not parallel]
+        if old is not None and other is not None and self.countdown <= 0:  # a probe: it replaces the stale cost
+            self.interval = self.PROBE_EVERY if cost < other else min(2 * self.interval, 1024)
             self.countdown = self.interval
             old = None
-        self.ema[parallel] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        self.cost[parallel] = cost if old is None else 0.7 * old + 0.3 * cost
 
 
-_decode_threads = _DecodeThreads(os.environ.get("LMX_CPU_DECODE_THREADS", ""))
+_FIXED_DECODE_THREADS = os.environ.get("LMX_CPU_DECODE_THREADS", "")
+_decode_threads = {kind: _DecodeThreads(_FIXED_DECODE_THREADS) for kind in ("gemm", "attention")}
 
 
 @contextlib.contextmanager
@@ -211,33 +210,42 @@ def kernel_threads(device: torch.device, num_tokens: int):
     if device.type != "cpu" or n == 1 or getattr(_threads, "n", None) is not None:
         yield
         return
-    small = num_tokens < _PARALLEL_MIN_TOKENS
-    parallel = _decode_threads.choose() if small else True
-    _threads.n = n if parallel else 1
-    _threads.small = small
+    _threads.n = n
+    _threads.small = num_tokens < _PARALLEL_MIN_TOKENS
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
     try:
         yield
     finally:
-        if small:
-            _decode_threads.record(parallel, time.perf_counter() - t0)
         torch.set_num_threads(n)
         _threads.n = None
 
 
 @contextlib.contextmanager
-def all_threads(nbytes: int | None = None):
+def all_threads(nbytes: int | None = None, kind: str = "gemm"):
     """Every intra-op thread for the ops within (inside ``kernel_threads``; elsewhere a no-op); in a decode-sized
-    step only when the ops read ``nbytes >= _PARALLEL_MIN_BYTES``."""
+    step only for ops that read ``nbytes >= _PARALLEL_MIN_BYTES``, and only while that is faster."""
     n = getattr(_threads, "n", None)
-    if n is None or n == 1 or (_threads.small and (nbytes is None or nbytes < _PARALLEL_MIN_BYTES)):
+    if n is None or n == 1:
         yield
         return
+    tuner = None
+    if _threads.small:
+        if nbytes is None or nbytes < _PARALLEL_MIN_BYTES:
+            yield
+            return
+        tuner = _decode_threads[kind]
+        if not tuner.choose():
+            t0 = time.perf_counter()
+            yield
+            tuner.record(False, time.perf_counter() - t0, nbytes)
+            return
     torch.set_num_threads(n)
+    t0 = time.perf_counter()
     try:
         yield
     finally:
+        if tuner is not None:
+            tuner.record(True, time.perf_counter() - t0, nbytes)
         torch.set_num_threads(1)
 
 
@@ -303,7 +311,7 @@ def paged_self_attention(
     scales = dict(k_scales=kv_scales_of(k_cache), v_scales=kv_scales_of(v_cache))  # quantized caches only
     # About the K/V bytes the attention reads (the block tables' padded width; shapes only, no tensor op)
     kv_bytes = 2 * ctx.block_tables.numel() * math.prod(k_cache.shape[1:]) * k_cache.element_size()
-    with all_threads(kv_bytes):
+    with all_threads(kv_bytes, kind="attention"):
         ops.rotary_embedding_and_cache(
             q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.positions, cfg.rope,
             cu_seqlens=ctx.rope_cu_seqlens, rope_seq_lens=ctx.rope_seq_lens, **scales,

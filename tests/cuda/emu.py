@@ -78,6 +78,8 @@ def rotary_embedding_and_cache(
     cu_seqlens=None,
     rope_seq_lens=None,
     precise=False,
+    k_scales=None,
+    v_scales=None,
 ):
     module()
     torch.ops.lmx_emu.rotary_embedding_and_cache(
@@ -94,12 +96,14 @@ def rotary_embedding_and_cache(
         cu_seqlens,
         rope_seq_lens,
         precise,
+        k_scales,
+        v_scales,
     )
 
 
-def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, k_scales=None, v_scales=None):
     module()
-    torch.ops.lmx_emu.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+    torch.ops.lmx_emu.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, k_scales, v_scales)
 
 
 def paged_attention(
@@ -114,6 +118,8 @@ def paged_attention(
     alibi_slopes=None,
     sliding_window=-1,
     out=None,
+    k_scales=None,
+    v_scales=None,
     kernel="auto",
     partition_size=0,
 ):
@@ -131,6 +137,8 @@ def paged_attention(
         float(scale),
         alibi_slopes,
         int(sliding_window),
+        k_scales,
+        v_scales,
         kernel,
         int(partition_size),
     )

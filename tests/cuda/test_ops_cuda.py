@@ -11,6 +11,7 @@ from lmx import ops, reference
 from lmx.rope import RopeConfig
 
 from ..helpers import make_paged_batch
+from .quant import quant_caches, quantize_batch, same
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 
@@ -173,5 +174,127 @@ def test_attention_positions_past_one_million_keys():
     out = ops.paged_attention(q, k_cache, v_cache, table, sl, cu, D**-0.5)
     keys = k_cache[table[0].long()].reshape(-1, 1, D)[:n, 0]
     vals = v_cache[table[0].long()].reshape(-1, 1, D)[:n, 0]
+    p = torch.softmax((q[0].double() @ keys.double().T) * D**-0.5, dim=-1)
+    torch.testing.assert_close(out[0].double(), p @ vals.double(), atol=1e-5, rtol=1e-4)
+
+
+# ---- quantized KV caches (issue 12): int8 (per slot and head scale, zero) and float8_e4m3fn (per-head scales) ------
+
+QDTYPES = [torch.int8, torch.float8_e4m3fn]
+
+
+def _quant_args(qdtype, num_blocks, block_size, Hkv, D):
+    return quant_caches(num_blocks, block_size, Hkv, D, qdtype)
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 80, 128, 256])
+def test_reshape_and_cache_quantized(qdtype, block_size, dtype, head_dim):
+    """The bytes of lmx.reference's quantization (int8 values and (scale, zero); fp8 codes), bit for bit."""
+    T, Hkv, num_blocks = 37, 2, max(2, 64 // block_size + 1)
+    key, value = (torch.randn(T, Hkv, head_dim) * 3).to(dtype), torch.randn(T, Hkv, head_dim).to(dtype)
+    key[2, 1] = 0.5
+    value[4, 0, 3] = float("nan")
+    slots = torch.randperm(num_blocks * block_size)[:T]
+    slots[::5] = -1
+    k_ref, v_ref, ks_ref, vs_ref = _quant_args(qdtype, num_blocks, block_size, Hkv, head_dim)
+    kc, vc, ks, vs = _cuda(k_ref, v_ref, ks_ref, vs_ref)
+    reference.reshape_and_cache(key, value, k_ref, v_ref, slots, ks_ref, vs_ref)
+    ops.reshape_and_cache(key.cuda(), value.cuda(), kc, vc, slots.cuda(), k_scales=ks, v_scales=vs)
+    torch.cuda.synchronize()
+    assert same(kc.cpu(), k_ref) and same(vc.cpu(), v_ref) and same(ks.cpu(), ks_ref) and same(vs.cpu(), vs_ref)
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_rotary_and_cache_quantized(qdtype, block_size, dtype):
+    """The rotated key as the op leaves it, quantized: the caches equal the reference's reshape_and_cache of it.
+    Positions past 1M with a per-sequence dynamic NTK base."""
+    T, Hq, Hkv, D = 29, 8, 2, 128
+    rope = RopeConfig(rotary_dim=D, scaling_type="dynamic", factor=2.0, max_position_embeddings=8)
+    num_blocks = max(2, 64 // block_size + 1)
+    q, k, v = (torch.randn(T, h, D, dtype=dtype) for h in (Hq, Hkv, Hkv))
+    slots = torch.randperm(num_blocks * block_size)[:T]
+    slots[::5] = -1
+    cu = torch.tensor([0, 10, 29], dtype=torch.int32)
+    positions = torch.cat([torch.arange(10), torch.arange(2**20 + 100, 2**20 + 119)])
+    lens = torch.tensor([10, 2**20 + 200])
+    k_ref, v_ref, ks_ref, vs_ref = _quant_args(qdtype, num_blocks, block_size, Hkv, D)
+    kc, vc, ks, vs = _cuda(k_ref, v_ref, ks_ref, vs_ref)
+    q_ref, kr = q.clone(), k.clone()
+    reference.rotary_embedding(q_ref, kr, positions, rope, cu_seqlens=cu, rope_seq_lens=lens)
+    qc, kk = q.cuda(), k.cuda()
+    ops.rotary_embedding_and_cache(
+        qc,
+        kk,
+        v.cuda(),
+        kc,
+        vc,
+        slots.cuda(),
+        positions.cuda(),
+        rope,
+        cu_seqlens=cu.cuda(),
+        rope_seq_lens=lens.cuda(),
+        k_scales=ks,
+        v_scales=vs,
+    )
+    torch.testing.assert_close(kk.cpu(), kr, **TOL[dtype])
+    reference.reshape_and_cache(kk.cpu(), v, k_ref, v_ref, slots, ks_ref, vs_ref)
+    assert same(kc.cpu(), k_ref) and same(vc.cpu(), v_ref) and same(ks.cpu(), ks_ref) and same(vs.cpu(), vs_ref)
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("gqa", [1, 4, 8])
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_attention_quantized_mixed_batch(qdtype, dtype, head_dim, gqa, block_size):
+    """A decode, a prompt and a chunk (prefill kernels: tensor cores for fp16 / bf16 with K / V dequantized into
+    the tiles), then the same sequences decoding (split-K decode kernel)."""
+    seq_lens = [block_size + 1, 3 * block_size - 1 if block_size > 1 else 37, 300]
+    batch = make_paged_batch(seq_lens, [1, seq_lens[1], 45], 2 * gqa, 2, head_dim, block_size, dtype)
+    qb, scales = quantize_batch(batch, qdtype)
+    _check_attention(qb, **scales)
+    qb, scales = quantize_batch(make_paged_batch(seq_lens, [1, 1, 1], 2 * gqa, 2, head_dim, block_size, dtype), qdtype)
+    _check_attention(qb, **scales)
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("window", [-1, 1, 100])
+def test_attention_quantized_long_decode(qdtype, window):
+    qb, scales = quantize_batch(
+        make_paged_batch([5000, 1, 17, 257, 1000], [1] * 5, 8, 2, 128, 16, torch.bfloat16), qdtype
+    )
+    _check_attention(qb, sliding_window=window, **scales)
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+def test_attention_quantized_past_one_million_keys(qdtype):
+    """One decode over 2^20 + 5 int8 / fp8 cached keys (split-K over ~2,000 partitions) against float64 attention
+    on the dequantized keys and values."""
+    n, bs, D = 2**20 + 5, 256, 64
+    nb = (n + bs - 1) // bs
+    k32 = torch.randn(nb + 1, bs, 1, D, device="cuda")
+    v32 = torch.randn_like(k32)
+    if qdtype == torch.int8:
+        kq, vq = torch.empty_like(k32, dtype=torch.int8), torch.empty_like(k32, dtype=torch.int8)
+        ks = torch.empty(nb + 1, bs, 1, 2, device="cuda")
+        vs = torch.empty_like(ks)
+    else:
+        kq, vq = torch.empty_like(k32, dtype=torch.float8_e4m3fn), torch.empty_like(k32, dtype=torch.float8_e4m3fn)
+        ks, vs = torch.tensor([0.01], device="cuda"), torch.tensor([0.012], device="cuda")
+    slots = torch.arange((nb + 1) * bs, device="cuda")
+    ops.reshape_and_cache(k32.view(-1, 1, D), v32.view(-1, 1, D), kq, vq, slots, k_scales=ks, v_scales=vs)
+    table = torch.randperm(nb + 1, device="cuda")[:nb].int()[None]
+    q = torch.randn(1, 4, D, device="cuda")
+    sl = torch.tensor([n], dtype=torch.int32, device="cuda")
+    cu = torch.tensor([0, 1], dtype=torch.int32, device="cuda")
+    out = ops.paged_attention(q, kq, vq, table, sl, cu, D**-0.5, k_scales=ks, v_scales=vs)
+    kd, vd = reference.dequantize_cache(kq, ks), reference.dequantize_cache(vq, vs)
+    keys = kd[table[0].long()].reshape(-1, 1, D)[:n, 0]
+    vals = vd[table[0].long()].reshape(-1, 1, D)[:n, 0]
     p = torch.softmax((q[0].double() @ keys.double().T) * D**-0.5, dim=-1)
     torch.testing.assert_close(out[0].double(), p @ vals.double(), atol=1e-5, rtol=1e-4)

@@ -12,6 +12,7 @@
 
 #include "cuda/launchers.h"
 #include "cuda/compat.cuh"
+#include "cuda/kv_quant.cuh"
 
 using namespace lmx::cuda;
 
@@ -266,6 +267,126 @@ void rotary_and_cache_cases(const char* sched) {
   expect(written == 4 && kc2[5 * Hkv * D] == k[4 * Hkv * D], std::string("reshape_and_cache ") + sched);
 }
 
+// ---- quantized caches (int8, fp8): the scale arrays sized exactly, device-side values out of range --------------
+// int8 row quantization as the contract defines it (the kernels' arithmetic, for the float64 reference's inputs).
+void dequant_int8(const std::vector<int8_t>& q, const std::vector<float>& sz, int D, std::vector<float>& out) {
+  out.resize(q.size());
+  for (size_t r = 0; r < sz.size() / 2; ++r)
+    for (int d = 0; d < D; ++d) out[r * D + d] = float(q[r * D + d]) * sz[2 * r] + sz[2 * r + 1];
+}
+
+void quant_cases(const char* sched) {
+  const std::string tag = std::string(" ") + sched;
+  // reshape_and_cache into int8 / fp8 with bad slots: exactly the valid slots written, nothing out of bounds.
+  {
+    const int T = 9, Hkv = 2, D = 64, bs = 4, nblocks = 3, slots = nblocks * bs;
+    std::vector<int64_t> slot_mapping = {0, -1, slots, slots + 1000, 5, 11, INT64_MAX, -7, 3};
+    auto k = randn(T * Hkv * D), v = randn(T * Hkv * D);
+    std::vector<int8_t> kq(slots * Hkv * D, 99), vq = kq;
+    std::vector<float> ks(slots * Hkv * 2, NAN), vs = ks;
+    launch_reshape_and_cache_quant<float, int8_t>(T, D, {k.data(), Hkv * D, D, Hkv}, {v.data(), Hkv * D, D, Hkv},
+                                                  kq.data(), vq.data(), ks.data(), vs.data(), slot_mapping.data(),
+                                                  slots, nullptr);
+    int written = 0;
+    for (int s = 0; s < slots; ++s) written += !std::isnan(ks[s * Hkv * 2]) && !std::isnan(vs[s * Hkv * 2 + 2]);
+    expect(written == 4, "int8 reshape_and_cache" + tag + ": exactly the 4 valid slots written, got " +
+                             std::to_string(written));
+    double err = 0;  // a row's error is at most half a step
+    for (int h = 0; h < Hkv; ++h)
+      for (int d = 0; d < D; ++d) {
+        const size_t r = 5 * Hkv + h;
+        const double xh = double(kq[r * D + d]) * ks[2 * r] + ks[2 * r + 1];
+        err = std::max(err, std::fabs(xh - k[(4 * Hkv + h) * D + d]) / ks[2 * r]);
+      }
+    expect(err <= 0.5 + 1e-3, "int8 reshape_and_cache" + tag + ": error within half a step, got " + std::to_string(err));
+    std::vector<fp8_e4m3> kf(slots * Hkv * D, fp8_e4m3{0x7f}), vf = kf;
+    std::vector<float> fs = {0.02f, 0.03f};
+    launch_reshape_and_cache_quant<float, fp8_e4m3>(T, D, {k.data(), Hkv * D, D, Hkv}, {v.data(), Hkv * D, D, Hkv},
+                                                    kf.data(), vf.data(), fs.data(), fs.data(), slot_mapping.data(),
+                                                    slots, nullptr);
+    written = 0;
+    for (int s = 0; s < slots; ++s) written += kf[s * Hkv * D].bits != 0x7f;
+    expect(written == 4, "fp8 reshape_and_cache" + tag + ": exactly the 4 valid slots written");
+    // The fused rotary + int8 cache write with the same bad slots.
+    lmx::RopeParams rope{lmx::RopeScaling::kDynamic, 10000.0, 2.0, 8.0, 8.0, 1.0, 4.0, 32.0, 1.0, 1.0, true, 48};
+    std::vector<int64_t> positions = {0, 1, 2, 3, 100, 101, 102, 5000000, 7};
+    std::vector<int32_t> cu = {0, 4, 9};
+    auto q = randn(T * 4 * D);
+    std::vector<float> ws(rotary_workspace_floats(rope, 2));
+    std::fill(ks.begin(), ks.end(), NAN);
+    launch_rotary_embedding<float, int8_t>(rope, true, false, T, D, positions.data(), cu.data(), nullptr, 2,
+                                           ws.data(), {q.data(), 4 * D, D, 4}, {k.data(), Hkv * D, D, Hkv},
+                                           {v.data(), Hkv * D, D, Hkv}, kq.data(), vq.data(), ks.data(), vs.data(),
+                                           slot_mapping.data(), slots, nullptr);
+    written = 0;
+    for (int s = 0; s < slots; ++s) written += !std::isnan(ks[s * Hkv * 2]);
+    expect(written == 4, "rotary + int8 cache" + tag + ": exactly the 4 valid slots written");
+  }
+  // Attention on int8 / fp8 caches: valid batches against float64 on the dequantized values; bad device-side values
+  // (block ids, seq_lens) read nothing out of bounds and give finite outputs.
+  for (bool decode : {true, false})
+    for (bool fp8 : {false, true}) {
+      const std::string k = std::string(decode ? "decode" : "prefill") + (fp8 ? " fp8" : " int8") + tag;
+      Batch b = make_batch({37, 1, 130}, {1, 1, decode ? 1 : 20}, 8, 2, 80, 16);
+      b.kc = randn(b.kc.size());  // finite everywhere: seq_lens past the written keys read (in-bounds) slots
+      b.vc = randn(b.vc.size());
+      const size_t rows = b.kc.size() / b.D;
+      std::vector<int8_t> kq(b.kc.size()), vq(b.kc.size());
+      std::vector<fp8_e4m3> kf(b.kc.size()), vf(b.kc.size());
+      std::vector<float> ksz(2 * rows), vsz(2 * rows), fs = {0.01f, 0.012f};
+      std::vector<int64_t> all(rows / b.Hkv);
+      for (size_t i = 0; i < all.size(); ++i) all[i] = int64_t(i);
+      const HeadsView<const float> kin{b.kc.data(), int64_t(b.Hkv) * b.D, b.D, b.Hkv};
+      const HeadsView<const float> vin{b.vc.data(), int64_t(b.Hkv) * b.D, b.D, b.Hkv};
+      if (fp8) {
+        launch_reshape_and_cache_quant<float, fp8_e4m3>(int64_t(all.size()), b.D, kin, vin, kf.data(), vf.data(),
+                                                        fs.data(), fs.data(), all.data(), int64_t(all.size()), nullptr);
+        for (size_t i = 0; i < b.kc.size(); ++i) {
+          const int h = int(i / b.D) % b.Hkv;
+          b.kc[i] = e4m3_to_float(kf[i].bits) * fs[h];
+          b.vc[i] = e4m3_to_float(vf[i].bits) * fs[h];
+        }
+      } else {
+        launch_reshape_and_cache_quant<float, int8_t>(int64_t(all.size()), b.D, kin, vin, kq.data(), vq.data(),
+                                                      ksz.data(), vsz.data(), all.data(), int64_t(all.size()), nullptr);
+        dequant_int8(kq, ksz, b.D, b.kc);
+        dequant_int8(vq, vsz, b.D, b.vc);
+      }
+      auto run = [&](const Batch& bb) {
+        const PagedAttentionArgs a = args_of(bb);
+        std::vector<float> out(static_cast<size_t>(bb.T()) * bb.Hq * bb.D, 0.f);
+        const HeadsView<float> o{out.data(), int64_t(bb.Hq) * bb.D, bb.D, bb.Hq};
+        const HeadsView<const float> qv{bb.q.data(), int64_t(bb.Hq) * bb.D, bb.D, bb.Hq};
+        std::vector<unsigned char> ws(decode_workspace_bytes(a, 64));
+        if (fp8) {
+          const KvCache<fp8_e4m3> kv{kf.data(), vf.data(), fs.data(), fs.data()};
+          if (decode) launch_paged_attention_decode<float, fp8_e4m3>(a, o, qv, kv, ws.empty() ? nullptr : ws.data(), 64, nullptr);
+          else launch_paged_attention_prefill<float, fp8_e4m3>(a, o, qv, kv, nullptr);
+        } else {
+          const KvCache<int8_t> kv{kq.data(), vq.data(), ksz.data(), vsz.data()};
+          if (decode) launch_paged_attention_decode<float, int8_t>(a, o, qv, kv, ws.empty() ? nullptr : ws.data(), 64, nullptr);
+          else launch_paged_attention_prefill<float, int8_t>(a, o, qv, kv, nullptr);
+        }
+        return out;
+      };
+      const auto out = run(b);
+      const auto ref = reference(b, -1);
+      double err = 0;
+      for (size_t i = 0; i < out.size(); ++i) err = std::max(err, std::fabs(out[i] - ref[i]));
+      expect(err < 1e-5, k + ": max error " + std::to_string(err));
+      Batch c = b;
+      c.table[0] = -5;
+      c.table[1] = c.num_blocks + 3;
+      c.seq_lens[1] = 1 << 20;
+      c.seq_lens[2] = 1;
+      c.cu = {0, 1, 2, 3};
+      c.cu.back() = int32_t(b.T());  // T unchanged for the buffers
+      bool finite = true;
+      for (float x : run(c)) finite = finite && std::isfinite(x);
+      expect(finite, k + ": bad block ids / seq_lens give finite outputs");
+    }
+}
+
 // ---- the emulator's own detectors fire (each kernel below is wrong on purpose) -------------------------------
 __global__ void divergent_barrier(int* out) {
   if (threadIdx.x < 32) __syncthreads();  // half the block never arrives
@@ -420,6 +541,7 @@ int main() {
     attention_cases(sched);
     half_attention_cases(sched);
     rotary_and_cache_cases(sched);
+    quant_cases(sched);
   }
   std::printf("emu harness (%s): %s, %lld blocks run\n",
 #ifdef LMX_EMU_SWAPCONTEXT

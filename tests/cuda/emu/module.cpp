@@ -29,30 +29,34 @@ void rotary_embedding_and_cache(at::Tensor& query, at::Tensor& key, const at::Te
                                 at::Tensor& v_cache, const at::Tensor& slot_mapping, const at::Tensor& positions,
                                 int64_t rotary_dim, bool is_neox, c10::ArrayRef<double> rope_params,
                                 const std::optional<at::Tensor>& cu_seqlens,
-                                const std::optional<at::Tensor>& rope_seq_lens, bool precise) {
-  const RopeInputs in =
-      check_rotary_embedding_and_cache("rotary_embedding_and_cache", query, key, value, k_cache, v_cache,
-                                       slot_mapping, positions, rotary_dim, rope_params, cu_seqlens, rope_seq_lens);
+                                const std::optional<at::Tensor>& rope_seq_lens, bool precise,
+                                const std::optional<at::Tensor>& k_scales, const std::optional<at::Tensor>& v_scales) {
+  const RopeInputs in = check_rotary_embedding_and_cache("rotary_embedding_and_cache", query, key, value, k_cache,
+                                                         v_cache, slot_mapping, positions, rotary_dim, rope_params,
+                                                         cu_seqlens, rope_seq_lens, k_scales, v_scales);
   cuda::run_rotary_embedding(in, query, key, &value, &k_cache, &v_cache, &slot_mapping, positions, is_neox,
-                             cu_seqlens, rope_seq_lens, precise, nullptr);
+                             cu_seqlens, rope_seq_lens, precise, nullptr, k_scales, v_scales);
 }
 
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
-                       const at::Tensor& slot_mapping) {
-  check_reshape_and_cache("reshape_and_cache", key, value, k_cache, v_cache, slot_mapping);
-  cuda::run_reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, nullptr);
+                       const at::Tensor& slot_mapping, const std::optional<at::Tensor>& k_scales,
+                       const std::optional<at::Tensor>& v_scales) {
+  check_reshape_and_cache("reshape_and_cache", key, value, k_cache, v_cache, slot_mapping, k_scales, v_scales);
+  cuda::run_reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, nullptr, k_scales, v_scales);
 }
 
 cuda::AttentionKernel g_last_kernel = cuda::AttentionKernel::kAuto;
 
-// The op of lmx plus two test knobs: kernel ("auto", "decode", "prefill": the glue's prefill choice,
+// The op of lmx (k_scales / v_scales included) plus two test knobs: kernel ("auto", "decode", "prefill": the glue's prefill choice,
 // "prefill-simt" / "prefill-wmma": that prefill kernel) and the decode partition size.
 void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                      const at::Tensor& block_tables, const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
                      double scale, const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window,
+                     const std::optional<at::Tensor>& k_scales, const std::optional<at::Tensor>& v_scales,
                      c10::string_view kernel, int64_t partition_size) {
-  const AttentionShape s = check_paged_attention("paged_attention", out, query, k_cache, v_cache, block_tables,
-                                                 seq_lens, cu_seqlens_q, scale, alibi_slopes, sliding_window);
+  const AttentionShape s =
+      check_paged_attention("paged_attention", out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+                            scale, alibi_slopes, sliding_window, k_scales, v_scales);
   const std::string k(kernel);
   TORCH_CHECK_VALUE(k == "auto" || k == "decode" || k == "prefill" || k == "prefill-simt" || k == "prefill-wmma",
                     "kernel: expected auto, decode, prefill, prefill-simt or prefill-wmma, got ", k);
@@ -61,8 +65,9 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
                      : k == "prefill-simt" ? cuda::AttentionKernel::kPrefillSimt
                      : k == "prefill-wmma" ? cuda::AttentionKernel::kPrefillWmma
                                            : cuda::AttentionKernel::kAuto;
-  g_last_kernel = cuda::run_paged_attention(s, out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, alibi_slopes,
-                            which, static_cast<int>(partition_size), nullptr);
+  g_last_kernel = cuda::run_paged_attention(s, out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+                                            alibi_slopes, which, static_cast<int>(partition_size), nullptr, k_scales,
+                                            v_scales);
 }
 
 }  // namespace
@@ -72,7 +77,8 @@ TORCH_LIBRARY(lmx_emu, m) {
   m.def(LMX_ROTARY_EMBEDDING_SCHEMA);
   m.def(LMX_ROTARY_EMBEDDING_AND_CACHE_SCHEMA);
   m.def(LMX_RESHAPE_AND_CACHE_SCHEMA);
-  m.def("paged_attention(" LMX_PAGED_ATTENTION_ARGS ", str kernel, int partition_size) -> ()");
+  m.def("paged_attention(" LMX_PAGED_ATTENTION_ARGS ", " LMX_KV_SCALES_READ_ARGS
+        ", str kernel=\"auto\", int partition_size=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(lmx_emu, CPU, m) {
