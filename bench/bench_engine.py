@@ -236,10 +236,13 @@ def main() -> None:
         sides[name] = side
     first = next(iter(kv_sides))
     lmx, others = sides[first], [k for k in sides if k not in kv_sides]
+    llama_state = (
+        "included" if "llama.cpp" in sides else "skipped (--no-llama-cpp)" if args.no_llama_cpp else "not installed"
+    )
     print(
         f"SmolLM2-135M, context {args.context}, {args.decode_tokens} decode steps, lmx prefill chunk "
         f"{lmx['prefill_chunk']}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"llama.cpp {'included' if 'llama.cpp' in sides else 'not installed'}, median of {args.repeats} "
+        f"llama.cpp {llama_state}, median of {args.repeats} "
         f"alternating round(s)"
     )
     head = f"{'metric':<16}" + "".join(f"{k:>14}" for k in sides) + "".join(f"{'lmx / ' + k:>22}" for k in others)

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from lmx.models import ForwardContext, LlamaForCausalLM
-from lmx.models.layers import attach_kv_scales
+from lmx.models.layers import LayerCache
 
 from .sequence import ScheduledChunk, Sequence
 
@@ -69,7 +69,6 @@ class ModelRunner:
             cfg.num_layers, 2, num_blocks, block_size, local.num_kv_heads, cfg.head_dim, dtype=self.kv_cache_dtype,
             device=device,
         )  # fmt: skip
-        self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(cfg.num_layers)]
         # Quantized caches: int8 (scale, zero) per slot and kv head, written with the rows (torch.empty: a slot's
         # scales are read only after its row is written); fp8 per-head scales, fixed.
         self.kv_scales = None
@@ -79,10 +78,13 @@ class ModelRunner:
             )
         elif self.kv_cache_dtype == torch.float8_e4m3fn:
             self.kv_scales = torch.full((cfg.num_layers, 2, local.num_kv_heads), FP8_KV_SCALE, device=device)
-        if self.kv_scales is not None:
-            for i, (k_cache, v_cache) in enumerate(self.kv_caches):
-                attach_kv_scales(k_cache, self.kv_scales[i, 0])
-                attach_kv_scales(v_cache, self.kv_scales[i, 1])
+        self.kv_caches = [
+            LayerCache(
+                self.kv_cache[i, 0], self.kv_cache[i, 1],
+                *((None, None) if self.kv_scales is None else (self.kv_scales[i, 0], self.kv_scales[i, 1])),
+            )
+            for i in range(cfg.num_layers)
+        ]  # fmt: skip
 
     @property
     def kv_cache_bytes(self) -> int:

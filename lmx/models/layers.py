@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -280,27 +280,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-# A quantized KV cache (int8, float8_e4m3fn) needs its scales beside each layer's cache tensors. The model runner
-# attaches them to the cache tensors themselves, so every model's layers keep passing (k_cache, v_cache) along.
-_KV_SCALES_ATTR = "_lmx_kv_scales"
+class LayerCache(NamedTuple):
+    """One layer's paged KV cache: ``k`` and ``v`` ``[num_blocks, block_size, Hkv, D]``, and for a quantized cache the
+    scales the ops take as ``k_scales`` / ``v_scales`` (int8: float32 ``[num_blocks, block_size, Hkv, 2]``; fp8:
+    float32 ``[Hkv]``; ``None`` for a float cache)."""
 
-
-def attach_kv_scales(cache: torch.Tensor, scales: torch.Tensor | None) -> None:
-    """Give a layer's K or V cache tensor its quantization scales (``lmx.ops`` ``k_scales`` / ``v_scales``)."""
-    setattr(cache, _KV_SCALES_ATTR, scales)
-
-
-def kv_scales_of(cache: torch.Tensor) -> torch.Tensor | None:
-    """The scales ``attach_kv_scales`` gave ``cache`` (``None`` for a float cache)."""
-    return getattr(cache, _KV_SCALES_ATTR, None)
+    k: torch.Tensor
+    v: torch.Tensor
+    k_scales: torch.Tensor | None = None
+    v_scales: torch.Tensor | None = None
 
 
 def paged_self_attention(
     qkv: torch.Tensor,  # [T, (Hq + 2 Hkv) * D], the fused projection
     cfg: ModelConfig,
     ctx: ForwardContext,
-    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    v_cache: torch.Tensor,
+    cache: LayerCache,
 ) -> torch.Tensor:  # [T, Hq * D]
     T, D = qkv.shape[0], cfg.head_dim
     q, k, v = qkv.split([cfg.num_heads * D, cfg.num_kv_heads * D, cfg.num_kv_heads * D], dim=-1)
@@ -308,7 +303,8 @@ def paged_self_attention(
     q = q.view(T, cfg.num_heads, D)
     k = k.view(T, cfg.num_kv_heads, D)
     v = v.view(T, cfg.num_kv_heads, D)
-    scales = dict(k_scales=kv_scales_of(k_cache), v_scales=kv_scales_of(v_cache))  # quantized caches only
+    k_cache, v_cache = cache.k, cache.v
+    scales = dict(k_scales=cache.k_scales, v_scales=cache.v_scales)  # quantized caches only
     # About the K/V bytes the attention reads (the block tables' padded width; shapes only, no tensor op)
     kv_bytes = 2 * ctx.block_tables.numel() * math.prod(k_cache.shape[1:]) * k_cache.element_size()
     with all_threads(kv_bytes, kind="attention"):

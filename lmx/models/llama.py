@@ -16,7 +16,7 @@ from torch import nn
 from lmx.distributed.comm import all_reduce
 from lmx.distributed.shard import TPShard
 
-from .layers import ForwardContext, ModelConfig, kernel_threads, linear, paged_self_attention, rms_norm
+from .layers import ForwardContext, LayerCache, ModelConfig, kernel_threads, linear, paged_self_attention, rms_norm
 
 
 class DecoderLayer(nn.Module):
@@ -36,10 +36,10 @@ class DecoderLayer(nn.Module):
         self.gate_up = nn.Parameter(torch.empty(2 * inter, H))
         self.down = nn.Parameter(torch.empty(H, inter))
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext, k_cache: torch.Tensor, v_cache: torch.Tensor):
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: LayerCache):
         eps = self.cfg.rms_norm_eps
         qkv = linear(rms_norm(x, self.input_norm, eps), self.qkv, self.qkv_bias)
-        attn = linear(paged_self_attention(qkv, self.cfg, ctx, k_cache, v_cache), self.o_proj)
+        attn = linear(paged_self_attention(qkv, self.cfg, ctx, cache), self.o_proj)
         x = x + all_reduce(attn, self.tp_size)
         gate, up = linear(rms_norm(x, self.post_norm, eps), self.gate_up).chunk(2, dim=-1)
         return x + all_reduce(linear(F.silu(gate) * up, self.down), self.tp_size)
@@ -77,14 +77,14 @@ class LlamaForCausalLM(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
+    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, kv_caches: list[LayerCache]):
         """``input_ids [T]`` -> final-normed hidden states ``[T, hidden_size]``."""
         with kernel_threads(
             input_ids.device, input_ids.shape[0]
         ):  # element-wise work on one thread, GEMMs and attention on all
             x = F.embedding(input_ids, self.embed)
-            for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
-                x = layer(x, ctx, k_cache, v_cache)
+            for layer, cache in zip(self.layers, kv_caches):
+                x = layer(x, ctx, cache)
             return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

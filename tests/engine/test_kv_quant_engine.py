@@ -9,7 +9,6 @@ from engine_helpers import fp32_engine_config, make_tiny_model, random_prompt
 
 from lmx import EngineConfig, GenerationConfig, pipeline
 from lmx.engine.model_runner import ModelRunner
-from lmx.models.layers import kv_scales_of
 
 GREEDY = GenerationConfig(max_new_tokens=12, ignore_eos=True, logprobs=3)
 
@@ -36,8 +35,8 @@ def test_cache_tensors_and_stats(model_dir, kv):
     runner = engine.runner
     want = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}[kv]
     assert runner.kv_cache.dtype == want
-    k_cache, v_cache = runner.kv_caches[0]
-    assert kv_scales_of(k_cache) is not None and kv_scales_of(v_cache) is not None
+    cache = runner.kv_caches[0]
+    assert cache.k_scales is not None and cache.v_scales is not None
     stats = engine.kv_cache_stats()
     assert stats["kv_cache_dtype"] == str(want).removeprefix("torch.")
     assert stats["num_blocks"] == 64 and stats["capacity_tokens"] == 64 * 16
