@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "server"))
+from server_helpers import wait_until_healthy  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -78,16 +78,7 @@ def test_wheel_serves_the_chat_page_and_a_completion(venv, tiny_model, tmp_path)
                             text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "lmx serve did not start"
-            time.sleep(0.3)
+        wait_until_healthy(proc, url, timeout=180, interval=0.3)
         assert httpx.get(f"{url}/health").json()["status"] == "ok"
         page = httpx.get(f"{url}/")
         assert page.status_code == 200 and "<html" in page.text.lower()

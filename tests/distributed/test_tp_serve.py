@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from engine_helpers import random_prompt
 from test_tp_launch import TORCHRUN, free_port, job_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_helpers import make_tiny_chat_model  # noqa: E402
+from server_helpers import make_tiny_chat_model, wait_until_healthy  # noqa: E402
 
 from lmx import EngineConfig, GenerationConfig, pipeline  # noqa: E402
 
@@ -45,16 +44,7 @@ def spawned_workers(pid: int) -> list[int]:
 def serve_and_ask(cmd, port, prompt, stop_codes=(0, -signal.SIGTERM), then=None):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=job_env())
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}")
         body = {"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True}
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60)
         assert answer.status_code == 200, answer.text

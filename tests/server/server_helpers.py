@@ -83,3 +83,20 @@ def running_server(app, port: int | None = None):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def wait_until_healthy(proc, url: str, timeout: float = 120, interval: float = 0.2) -> None:
+    """Wait until the server process ``proc`` answers 200 on ``url``/health; fail with its output if it exits first,
+    or after ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=max(1.0, interval * 5)).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server at {url} did not start within {timeout} s"
+        time.sleep(interval)

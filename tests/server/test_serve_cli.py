@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
-from server_helpers import free_port
+from server_helpers import free_port, wait_until_healthy
 
 
 def test_serve_command_starts_and_answers(tiny_model_dir):
@@ -19,16 +18,7 @@ def test_serve_command_starts_and_answers(tiny_model_dir):
            "--dtype", "float32", "--device", "cpu", "--max-batch-size", "4", "--api-key", "k", "--threads", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}")
         headers = {"Authorization": "Bearer k"}
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers).json()
         assert models["data"][0]["id"] == tiny_model_dir.name and models["data"][0]["max_model_len"] == 128
