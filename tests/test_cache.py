@@ -6,7 +6,7 @@ import torch
 from lmx import ops, reference
 from lmx.rope import RopeConfig
 
-from .helpers import nan_caches, random_slots
+from .helpers import nan_caches, random_slots, rope_tol
 
 BLOCK_SIZES = [1, 16, 256]
 HEAD_DIMS = [64, 80, 96, 128, 256]
@@ -77,11 +77,7 @@ def test_fused_rotary_and_cache(block_size, scaling, dtype):
     kc, vc = kc_ref.clone(), vc_ref.clone()
     reference.rotary_embedding_and_cache(q_ref, k_ref, v, kc_ref, vc_ref, slots, positions, rope, **kwargs)
     ops.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, **kwargs)
-    tol = {
-        torch.float32: dict(atol=1e-5, rtol=1e-5),
-        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-        torch.float16: dict(atol=2e-3, rtol=2e-3),
-    }[dtype]
+    tol = rope_tol(dtype)
     torch.testing.assert_close(q, q_ref, **tol)
     torch.testing.assert_close(k, k_ref, **tol)
     torch.testing.assert_close(kc.nan_to_num(7.0), kc_ref.nan_to_num(7.0), **tol)

@@ -16,7 +16,7 @@ import torch
 from lmx import ops, reference
 from lmx.rope import RopeConfig
 
-from .helpers import check_attention, make_paged_batch, nan_caches, random_slots
+from .helpers import check_attention, make_paged_batch, nan_caches, random_slots, rope_tol
 
 CACHE_DTYPES = [torch.int8, torch.float8_e4m3fn]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -199,11 +199,7 @@ def test_fused_rotary_and_cache(cache_dtype, dtype, block_size, scaling):
     q_ref, k_ref = q.clone(), k.clone()
     ops.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, k_scales=ks, v_scales=vs, **kwargs)
     reference.rotary_embedding(q_ref, k_ref, positions, rope, **kwargs)
-    tol = {
-        torch.float32: dict(atol=1e-5, rtol=1e-5),
-        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-        torch.float16: dict(atol=2e-3, rtol=2e-3),
-    }[dtype]
+    tol = rope_tol(dtype)
     torch.testing.assert_close(q, q_ref, **tol)
     torch.testing.assert_close(k, k_ref, **tol)
     fk2, fv2 = nan_caches(num_blocks, block_size, Hkv, D, torch.float32)

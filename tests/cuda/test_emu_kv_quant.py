@@ -13,7 +13,7 @@ import torch
 from lmx import reference
 from lmx.rope import RopeConfig
 
-from ..helpers import check_attention, make_paged_batch, random_slots
+from ..helpers import check_attention, make_paged_batch, random_slots, rope_tol
 from . import emu
 from .quant import QDTYPES, as_bytes, qname, quant_caches, quantize_batch, same
 
@@ -170,11 +170,7 @@ def test_fused_rotary_and_cache(qdtype, block_size, scaling, dtype, rotary, sche
     reference.rotary_embedding(q_ref, k_ref, positions, rope, **kwargs)
     with emu.schedule(*sched):
         emu.rotary_embedding_and_cache(q, k, v, kc, vc, slots, positions, rope, k_scales=ks, v_scales=vs, **kwargs)
-    tol = {
-        torch.float32: dict(atol=1e-5, rtol=1e-5),
-        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-        torch.float16: dict(atol=2e-3, rtol=2e-3),
-    }[dtype]
+    tol = rope_tol(dtype)
     torch.testing.assert_close(q, q_ref, **tol)
     torch.testing.assert_close(k, k_ref, **tol)
     reference.reshape_and_cache(k, v, kc_ref, vc_ref, slots, ks_ref, vs_ref)  # the key the op left
