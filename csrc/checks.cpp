@@ -1,6 +1,8 @@
 // Validation shared by the CPU and CUDA glue (declared in checks.h).
 #include "checks.h"
 
+#include <ATen/MemoryOverlap.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -525,6 +527,40 @@ void check_reshape_and_cache(const char* op, const at::Tensor& key, const at::Te
                     {"key", &key, false},
                     {"value", &value, false},
                     {"slot_mapping", &slot_mapping, false}});
+}
+
+LinearShape check_linear(const char* op, const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias) {
+  const at::Device device = input.device();
+  check_device(op, "input", input, device);
+  check_device(op, "weight", weight, device);
+  check_device(op, "out", out, device);
+  if (bias) check_device(op, "bias", *bias, device);
+  check_float_dtype(op, "input", input);
+  check_dtype(op, "weight", weight, input.scalar_type());
+  check_dtype(op, "out", out, input.scalar_type());
+  LMX_CHECK(input.dim() == 2, "input: expected a 2-d tensor [rows, in_features], got shape ", input.sizes());
+  LMX_CHECK(weight.dim() == 2, "weight: expected a 2-d tensor [out_features, in_features], got shape ",
+            weight.sizes());
+  const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
+  LMX_CHECK(weight.size(1) == K, "weight: expected in_features (dim 1) ", K, " to match input's dim 1, got shape ",
+            weight.sizes());
+  LMX_CHECK(weight.is_contiguous(), "weight: expected a contiguous tensor, got strides ", weight.strides());
+  LMX_CHECK(K <= 1 || input.stride(1) == 1, "input: expected the last dim to be contiguous (stride 1), got strides ",
+            input.strides());
+  if (bias) check_vector(op, "bias", *bias, input.scalar_type(), N);
+  LMX_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == N, "out: expected shape [", M, ", ", N, "], got ",
+            out.sizes());
+  LMX_CHECK(N <= 1 || out.stride(1) == 1, "out: expected the last dim to be contiguous (stride 1), got strides ",
+            out.strides());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"input", &input}, {"weight", &weight},
+                                {"bias", bias ? &*bias : nullptr}})
+    if (t != nullptr) {  // TooHard (a strided view of the same storage) is let through, as torch's own ops do
+      const at::MemOverlapStatus overlap = at::get_overlap_status(out, *t);
+      LMX_CHECK(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial,
+                "out: expected memory that does not overlap ", name, ", got an overlapping tensor");
+    }
+  return {M, N, K};
 }
 
 AttentionShape check_paged_attention(const char* op, const at::Tensor& out, const at::Tensor& query,

@@ -118,6 +118,16 @@ AttentionShape check_paged_attention(const char* op,
                                      const std::optional<at::Tensor>& k_scales = std::nullopt,  // read
                                      const std::optional<at::Tensor>& v_scales = std::nullopt);
 
+// linear: out [M, N] = input [M, K] · weight [N, K]ᵀ (+ bias [N]); one float dtype, one device; input and out
+// with their last dim contiguous, weight and bias contiguous, out not overlapping the others.
+struct LinearShape {
+  int64_t rows;  // M
+  int64_t out_features;  // N
+  int64_t in_features;   // K
+};
+LinearShape check_linear(const char* op, const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias);
+
 // ---------------------------------------------------------------------------------------------------------------
 // Quantized KV caches (the layout of README "Quantized KV cache"; lmx.reference quantizes the same way)
 // ---------------------------------------------------------------------------------------------------------------

@@ -75,6 +75,15 @@ void paged_attention_cpu(at::Tensor& out,                                // [T, 
     const std::optional<at::Tensor>& k_scales,   // quantized caches: as the cache writes wrote them
     const std::optional<at::Tensor>& v_scales);
 
+// out = input · weightᵀ (+ bias), fp32 sums rounded once (csrc/cpu/linear.cpp): lmx's GEMV for the few rows of a
+// decode step. linear_other is the same op on other devices, through at::linear_out.
+void linear_cpu(at::Tensor& out,                         // [M, N], written
+                const at::Tensor& input,                 // [M, K]
+                const at::Tensor& weight,                // [N, K], contiguous
+                const std::optional<at::Tensor>& bias);  // [N]; or none
+void linear_other(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias);
+
 // The same four on CUDA tensors (csrc/cuda/ops_cuda.cpp; defined only when LMX_WITH_CUDA).
 void rotary_embedding_cuda(at::Tensor& query,                               // [T, Hq, D], written
                            const std::optional<at::Tensor>& key,            // [T, Hkv, D], written; or none

@@ -13,6 +13,7 @@ TORCH_LIBRARY(lmx, m) {
   m.def(LMX_ROTARY_EMBEDDING_AND_CACHE_SCHEMA);
   m.def(LMX_RESHAPE_AND_CACHE_SCHEMA);
   m.def(LMX_PAGED_ATTENTION_SCHEMA);
+  m.def(LMX_LINEAR_SCHEMA);
 }
 
 // Sparse CPU tensors go to the same functions, whose first check names the argument and its layout (instead of
@@ -23,10 +24,14 @@ TORCH_LIBRARY(lmx, m) {
     m.impl("rotary_embedding_and_cache", &lmx::rotary_embedding_and_cache_cpu);      \
     m.impl("reshape_and_cache", &lmx::reshape_and_cache_cpu);                        \
     m.impl("paged_attention", &lmx::paged_attention_cpu);                            \
+    m.impl("linear", &lmx::linear_cpu);                                              \
   }
 LMX_REGISTER_CPU(CPU)
 LMX_REGISTER_CPU(SparseCPU)
 LMX_REGISTER_CPU(SparseCsrCPU)
+
+// linear on CUDA (either build): torch's own GEMM after the same checks.
+TORCH_LIBRARY_IMPL(lmx, CUDA, m) { m.impl("linear", &lmx::linear_other); }
 
 #ifndef LMX_WITH_CUDA
 namespace lmx {

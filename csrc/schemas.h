@@ -31,3 +31,6 @@
   "Tensor(a!) out, Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, " \
   "Tensor cu_seqlens_q, float scale, Tensor? alibi_slopes, int sliding_window"
 #define LMX_PAGED_ATTENTION_SCHEMA "paged_attention(" LMX_PAGED_ATTENTION_ARGS ", " LMX_KV_SCALES_READ_ARGS ") -> ()"
+
+// out = input · weightᵀ (+ bias); CPU: lmx's kernel for few rows; other devices: at::linear_out.
+#define LMX_LINEAR_SCHEMA "linear(Tensor(a!) out, Tensor input, Tensor weight, Tensor? bias) -> ()"

@@ -30,6 +30,7 @@ __all__ = [
     "reshape_and_cache",
     "rotary_embedding_and_cache",
     "paged_attention",
+    "linear",
     "new_kv_scales",
     "build_info",
     "rope_param_fields",
@@ -74,7 +75,7 @@ def _fake_in_place(name: str):
     return fake
 
 
-OP_NAMES = ("rotary_embedding", "reshape_and_cache", "rotary_embedding_and_cache", "paged_attention")
+OP_NAMES = ("rotary_embedding", "reshape_and_cache", "rotary_embedding_and_cache", "paged_attention", "linear")
 for _name in OP_NAMES:
     torch.library.register_fake(f"lmx::{_name}")(_fake_in_place(_name))
 
@@ -233,4 +234,30 @@ def paged_attention(
         k_scales,
         v_scales,
     )
+    return out
+
+
+def linear(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``input · weightᵀ (+ bias)``, as ``torch.nn.functional.linear``, for the few rows of a decode step.
+
+    Args:
+        input: ``[M, K]``, fp32 / bf16 / fp16; last dim contiguous.
+        weight: ``[N, K]`` of the same dtype, contiguous.
+        bias: optional ``[N]`` of the same dtype.
+        out: optional ``[M, N]`` output buffer (last dim contiguous, not overlapping the inputs).
+
+    On CPU, lmx's kernel (``csrc/cpu/linear.cpp``): each output is one fp32 sum whose order depends only on ``K``,
+    not on the thread count or on ``M`` (a row's result does not depend on the other rows of the batch), rounded
+    once to the dtype. It reads the weights once per two rows of ``input``: use it for small ``M`` (decode), a GEMM
+    library for prefill. On other devices: ``torch``'s own GEMM after the same argument checks.
+    """
+    if out is None:
+        out = input.new_empty((input.shape[0], weight.shape[0]) if input.dim() == 2 and weight.dim() == 2 else (0,))
+    _ops.linear(out, input, weight, bias)
     return out

@@ -342,3 +342,17 @@ def paged_attention(
         return result
     out.copy_(result)
     return out
+
+
+def linear(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``lmx.ops.linear``: ``input · weightᵀ + bias`` in float64, rounded once to ``input``'s dtype."""
+    result = input.double() @ weight.double().T
+    if bias is not None:
+        result = result + bias.double()
+    result = result.to(input.dtype)
+    if out is None:
+        return result
+    out.copy_(result)
+    return out

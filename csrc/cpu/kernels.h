@@ -112,6 +112,12 @@ void paged_attention_quant(const AttentionParams& p, TokenHeadView<scalar_t> out
   template void paged_attention_quant<T>(const AttentionParams&, TokenHeadView<T>, TokenHeadView<const T>,   \
                                          const QuantCacheIn&);
 
+// y[m, n] = Σ_k x[m, k] w[n, k] (+ bias[n]) in fp32, rounded once to T: x [M, K] (row stride ldx), w [N, K]
+// contiguous, bias [N] or nullptr, y [M, N] (row stride ldy). Every output's sum order depends only on K (not on
+// the thread count or M). Threads: at::parallel_for over tiles of weight rows (csrc/cpu/linear.cpp).
+template <typename T>
+void linear(const T* x, int64_t ldx, int64_t M, const T* w, int64_t N, int64_t K, const T* bias, T* y, int64_t ldy);
+
 // Name of the instruction set paged_attention uses on this machine: "avx512_bf16" (the AVX2 build with AVX-512
 // tiles for prefill, AVX512-BF16 ones for bf16), "avx512", "avx2" or "baseline". LMX_CPU_ISA=avx512, =avx2 or
 // =baseline forces the narrower ones.

@@ -264,9 +264,20 @@ def _onednn_fp32_linear() -> bool:
 
 _ONEDNN_FP32 = _onednn_fp32_linear()
 
+# Decode-sized linear layers (at most _LMX_GEMV_MAX_ROWS rows) read their weights once: lmx.ops.linear streams them at
+# the memory's speed (csrc/cpu/linear.cpp; fp32 [3072, 576] on a 2-core Zen 5: 66-78 GB/s on two threads against
+# oneDNN's 24-41 and MKL's 17). fp32 and fp16; bf16 stays with oneDNN, whose AVX512-BF16 dot products read bf16 as
+# fast. LMX_CPU_GEMV=0 turns it off.
+_LMX_GEMV = os.environ.get("LMX_CPU_GEMV", "1") != "0"
+_LMX_GEMV_MAX_ROWS = 8
+_LMX_GEMV_DTYPES = (torch.float32, torch.float16)
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     with all_threads(weight.numel() * weight.element_size()):
+        if _LMX_GEMV and x.dim() == 2 and x.shape[0] <= _LMX_GEMV_MAX_ROWS and x.device.type == "cpu":
+            if x.dtype in _LMX_GEMV_DTYPES and weight.dtype == x.dtype and weight.is_contiguous():
+                return ops.linear(x, weight, bias)
         if _ONEDNN_FP32 and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu":
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
         if _WIDEN_BF16 and x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.shape[0] >= _WIDEN_BF16_MIN_ROWS:
