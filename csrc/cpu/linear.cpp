@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string_view>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -152,6 +153,91 @@ LMX_LINEAR_AVX512 void linear_avx512(const T* x, int64_t ldx, int64_t M, const T
   }
 }
 
+// bf16 with AVX512-BF16: vdpbf16ps multiplies 32 bf16 pairs into 16 fp32 lanes (lane l takes k ≡ 2l, 2l + 1
+// (mod 32), per accumulator; two accumulators, k mod 64), one instruction per 64 bytes of weights.
+#define LMX_LINEAR_AVX512BF16 \
+  __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+LMX_LINEAR_AVX512BF16 inline __m512bh load32bh(const c10::BFloat16* p) {
+  return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p));
+}
+LMX_LINEAR_AVX512BF16 inline __m512bh load32bh(const c10::BFloat16* p, __mmask32 m) {
+  return reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(m, p));
+}
+
+template <int MR, int NR>
+LMX_LINEAR_AVX512BF16 __attribute__((always_inline)) inline void tile_bf16(const c10::BFloat16* x, int64_t ldx,
+                                                                          const c10::BFloat16* w, int64_t K,
+                                                                          const c10::BFloat16* bias,
+                                                                          c10::BFloat16* y, int64_t ldy) {
+  __m512 a[MR][NR], b[MR][NR];
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) a[m][r] = b[m][r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    __m512bh w0[NR], w1[NR];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      w0[r] = load32bh(w + r * K + k);
+      w1[r] = load32bh(w + r * K + k + 32);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      const __m512bh x0 = load32bh(x + m * ldx + k), x1 = load32bh(x + m * ldx + k + 32);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        a[m][r] = _mm512_dpbf16_ps(a[m][r], x0, w0[r]);
+        b[m][r] = _mm512_dpbf16_ps(b[m][r], x1, w1[r]);
+      }
+    }
+  }
+  if (k < K) {  // at most two 32-element chunks left: the first into a, the second into b
+    const __mmask32 mask = K - k >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (K - k)) - 1);
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      const __m512bh xv = load32bh(x + m * ldx + k, mask);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) a[m][r] = _mm512_dpbf16_ps(a[m][r], xv, load32bh(w + r * K + k, mask));
+    }
+    k += 32;
+  }
+  if (k < K) {
+    const __mmask32 mask = __mmask32((1u << (K - k)) - 1);
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      const __m512bh xv = load32bh(x + m * ldx + k, mask);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) b[m][r] = _mm512_dpbf16_ps(b[m][r], xv, load32bh(w + r * K + k, mask));
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r)
+      store(y + m * ldy + r, reduce512(_mm512_add_ps(a[m][r], b[m][r])), bias ? bias + r : nullptr);
+}
+
+LMX_LINEAR_AVX512BF16 void linear_avx512_bf16(const c10::BFloat16* x, int64_t ldx, int64_t M,
+                                              const c10::BFloat16* w, int64_t K, const c10::BFloat16* bias,
+                                              c10::BFloat16* y, int64_t ldy, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1;) {
+    const int64_t nr = n + kRowTile <= n1 ? kRowTile : 1;
+    const c10::BFloat16* wn = w + n * K;
+    const c10::BFloat16* bn = bias ? bias + n : nullptr;
+    int64_t m = 0;
+    if (nr == kRowTile) {
+      for (; m + 2 <= M; m += 2) tile_bf16<2, kRowTile>(x + m * ldx, ldx, wn, K, bn, y + m * ldy + n, ldy);
+      if (m < M) tile_bf16<1, kRowTile>(x + m * ldx, ldx, wn, K, bn, y + m * ldy + n, ldy);
+    } else {
+      for (; m + 2 <= M; m += 2) tile_bf16<2, 1>(x + m * ldx, ldx, wn, K, bn, y + m * ldy + n, ldy);
+      if (m < M) tile_bf16<1, 1>(x + m * ldx, ldx, wn, K, bn, y + m * ldy + n, ldy);
+    }
+    n += nr;
+  }
+}
+
 // AVX2 (16 registers): one input row at a time, four 8-lane accumulators per output (lane l takes k ≡ l (mod 32)).
 #define LMX_LINEAR_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -210,10 +296,11 @@ LMX_LINEAR_AVX2 void linear_avx2(const T* x, int64_t ldx, int64_t M, const T* w,
 }
 #endif  // LMX_X86
 
-enum class Isa { kBaseline, kAvx2, kAvx512 };
+enum class Isa { kBaseline, kAvx2, kAvx512, kAvx512Bf16 };
 
 Isa linear_isa() {
 #if defined(LMX_X86)
+  if (cpu_avx512_bf16_tiles()) return Isa::kAvx512Bf16;  // bf16 only; other dtypes take kAvx512
   if (cpu_avx512_tiles()) return Isa::kAvx512;
   if (attention_isa() != std::string_view("baseline")) return Isa::kAvx2;
 #endif
@@ -234,6 +321,9 @@ void linear(const T* x, int64_t ldx, int64_t M, const T* w, int64_t N, int64_t K
     const int64_t n0 = t0 * kRowTile, n1 = std::min(N, t1 * kRowTile);
     switch (isa) {
 #if defined(LMX_X86)
+      case Isa::kAvx512Bf16:
+        if constexpr (std::is_same_v<T, c10::BFloat16>) return linear_avx512_bf16(x, ldx, M, w, K, bias, y, ldy, n0, n1);
+        [[fallthrough]];
       case Isa::kAvx512: linear_avx512(x, ldx, M, w, K, bias, y, ldy, n0, n1); break;
       case Isa::kAvx2: linear_avx2(x, ldx, M, w, K, bias, y, ldy, n0, n1); break;
 #endif

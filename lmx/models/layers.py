@@ -264,19 +264,19 @@ def _onednn_fp32_linear() -> bool:
 
 _ONEDNN_FP32 = _onednn_fp32_linear()
 
-# Decode-sized linear layers (at most _LMX_GEMV_MAX_ROWS rows) read their weights once: lmx.ops.linear streams them at
-# the memory's speed (csrc/cpu/linear.cpp; fp32 [3072, 576] on a 2-core Zen 5: 66-78 GB/s on two threads against
-# oneDNN's 24-41 and MKL's 17). fp32 and fp16; bf16 stays with oneDNN, whose AVX512-BF16 dot products read bf16 as
-# fast. LMX_CPU_GEMV=0 turns it off.
+# Decode-sized linear layers read their weights once per step: lmx.ops.linear streams them at the memory's speed
+# (csrc/cpu/linear.cpp). Measured on a 2-core Zen 5 with one row: fp32 [3072, 576] at 66-78 GB/s on two threads
+# against oneDNN's 24-41 (MKL's sgemv: 17); bf16 with AVX512-BF16 2.0-2.3x F.linear (oneDNN) on one thread, level
+# with it from 4 rows on; fp16 level with F.linear at one row, 2.4-3x at 8. CPUs without bf16 units get the
+# kernel that widens bf16 in registers up to 8 rows. LMX_CPU_GEMV=0 turns it off.
 _LMX_GEMV = os.environ.get("LMX_CPU_GEMV", "1") != "0"
-_LMX_GEMV_MAX_ROWS = 8
-_LMX_GEMV_DTYPES = (torch.float32, torch.float16)
+_LMX_GEMV_MAX_ROWS = {torch.float32: 8, torch.float16: 8, torch.bfloat16: 2 if cpu_has_native_bf16() else 8}
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     with all_threads(weight.numel() * weight.element_size()):
-        if _LMX_GEMV and x.dim() == 2 and x.shape[0] <= _LMX_GEMV_MAX_ROWS and x.device.type == "cpu":
-            if x.dtype in _LMX_GEMV_DTYPES and weight.dtype == x.dtype and weight.is_contiguous():
+        if _LMX_GEMV and x.dim() == 2 and x.device.type == "cpu" and x.shape[0] <= _LMX_GEMV_MAX_ROWS.get(x.dtype, 0):
+            if weight.dtype == x.dtype and weight.is_contiguous():
                 return ops.linear(x, weight, bias)
         if _ONEDNN_FP32 and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu":
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
