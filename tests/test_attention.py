@@ -85,6 +85,27 @@ def test_decode_batch_of_many_lengths():
     _check(*make_paged_batch(seq_lens, [1] * len(seq_lens), 9, 3, 64, 16, torch.float32))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [(9, 3), (12, 2), (14, 2), (8, 1)], ids=str)
+def test_decode_groups_and_short_chunks(dtype, heads):
+    """The AVX-512 decode kernels: kv-head groups of 3, 6 and 7 query heads (runs of four plus a remainder), one and
+    a few query tokens per sequence (masked keys inside a tile), long sequences (split key ranges), sliding windows,
+    and the same bits on one thread as on two."""
+    hq, hkv = heads
+    batch = make_paged_batch([3000, 130, 37, 17], [1, 3, 2, 1], hq, hkv, 64, 16, dtype)
+    out = _check(*batch)
+    _check(*batch, sliding_window=50)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.paged_attention(*batch, 64**-0.5)
+        torch.set_num_threads(2)
+        two = ops.paged_attention(*batch, 64**-0.5)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two) and torch.equal(one, out)
+
+
 def test_chunked_prefill_equals_one_prefill():
     """A prompt attended in chunks gives what one prefill gives, row for row."""
     q, kc, vc, bt, _, _ = make_paged_batch([200], [200], 4, 2, 64, 16, torch.float32)

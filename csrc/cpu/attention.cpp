@@ -46,11 +46,20 @@ constexpr bool kDirect = false;
 
 constexpr int64_t kKeyTile = 256;      // keys per tile
 constexpr int64_t kDirectKeyTile = 64;  // keys per tile of the direct (decode) kernels
+constexpr int64_t kDecodeKeyTile = 128;  // keys per tile of the AVX-512 decode kernels (a multiple of 16)
+constexpr int64_t kDecodePrefetchKeys = 24;  // AVX-512 decode kernels: software prefetch distance, in keys
+static_assert(kDecodeKeyTile + kDecodePrefetchKeys <= kKeyTile + 128, "Scratch::k_rows holds a tile and the keys ahead");
 constexpr int64_t kRowsPerTile = 256;  // target query rows (tokens × group) per work item
 constexpr int64_t kMinKeysPerSplit = 512;
 constexpr int64_t kSplitItems = 32;
 constexpr int64_t kAllHeadRows = 64;    // direct kernels: a sequence with n * Hq <= this is one item over all heads
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// AVX-512 decode kernels: a run of NG <= 4 consecutive query rows (from `row`) that read one kv head (offset o in a cache row [Hkv, D]).
+struct DecodeRun {
+  int64_t row, o, ng;
+  bool prefetch;  // this run prefetches its kv head's slice of the rows ahead (one run per kv head)
+};
 
 // exp(x) for x <= 0 (the online softmax only needs that range), ~2 ulp, branch-free so loops vectorise.
 // Values below -87 (including -inf, the masked scores) give exactly 0.
@@ -303,9 +312,11 @@ void pv_group(const float* p, int64_t ld, const cache_t* const* v_rows, int64_t 
 // of Sᵀ, sixteen query rows per vector, without horizontal reductions; Qᵀ·K needs no transpose of K (each key
 // value is broadcast) and P·V none of V.
 #define LMX_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,f16c")))
-// GCC 12's AVX-512 headers seed masked builtins with `_mm512_undefined_ps()`, which -Wmaybe-uninitialized flags.
+// GCC 12's AVX-512 headers seed masked builtins with `_mm512_undefined_ps()`, which -Wmaybe-uninitialized flags
+// (-Wuninitialized for the shuffles).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 // exp_nonpositive, sixteen lanes: the same range reduction and polynomial.
 LMX_AVX512 inline __m512 exp16_nonpositive(__m512 x) {
@@ -674,6 +685,206 @@ LMX_AVX512 void pv_direct512(const float* p, const scalar_t* const* v, const int
     r0 += run;
   }
 }
+
+// ---- Decode kernels with AVX-512 (float, bf16 and fp16 caches; D a multiple of 16) ----
+// Scores: each key row of a kv head is loaded once for the group of NG <= 4 query rows that read it; the dot
+// products of four keys are reduced together (reduce4) and four such results into the sixteen scores of sixteen
+// keys (reduce16), about three shuffles and adds per score instead of a full horizontal sum each.
+// Lane t (128 bits) of the result holds four partial sums of a_t.
+LMX_AVX512 inline __m512 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 b01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+  const __m512 b23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(b01, b23, 0x88), _mm512_shuffle_f32x4(b01, b23, 0xDD));
+}
+// Four reduce4 results (c_e: keys 4e + t in lane t) → the sixteen sums in key order.
+LMX_AVX512 inline __m512 reduce16(__m512 c0, __m512 c1, __m512 c2, __m512 c3) {
+  const __m512 e01 = _mm512_add_ps(_mm512_shuffle_ps(c0, c1, 0x44), _mm512_shuffle_ps(c0, c1, 0xEE));
+  const __m512 e23 = _mm512_add_ps(_mm512_shuffle_ps(c2, c3, 0x44), _mm512_shuffle_ps(c2, c3, 0xEE));
+  const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(e01, e23, 0x88), _mm512_shuffle_ps(e01, e23, 0xDD));
+  // f[4t + e] is the sum of key 4e + t
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), f);
+}
+
+// s[g * ld + j] = q[g] · k[j][o:o + D] for the NG rows of a run (q: [NG, D]) and sixteen keys; pf > 0: prefetch
+// the run's slice of the rows pf keys ahead.
+template <int NG, typename cache_t>
+LMX_AVX512 inline void scores_decode16(const float* q, const cache_t* const* k_rows, int64_t o, int64_t D, float* s,
+                                       int64_t ld, int64_t pf) {
+  const int64_t bytes = D * static_cast<int64_t>(sizeof(cache_t));
+  __m512 c[NG][4];
+#pragma GCC unroll 4
+  for (int e = 0; e < 4; ++e) {
+    const cache_t* k0 = k_rows[4 * e] + o;
+    const cache_t* k1 = k_rows[4 * e + 1] + o;
+    const cache_t* k2 = k_rows[4 * e + 2] + o;
+    const cache_t* k3 = k_rows[4 * e + 3] + o;
+    if (pf > 0)
+      for (int u = 0; u < 4; ++u) {
+        const char* a = reinterpret_cast<const char*>(k_rows[4 * e + u + pf] + o);
+        for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(a + b, _MM_HINT_T0);
+      }
+    __m512 a[NG][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; ++g)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) a[g][u] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 x0 = load16(k0 + d), x1 = load16(k1 + d), x2 = load16(k2 + d), x3 = load16(k3 + d);
+#pragma GCC unroll 4
+      for (int g = 0; g < NG; ++g) {
+        const __m512 qv = _mm512_loadu_ps(q + g * D + d);
+        a[g][0] = _mm512_fmadd_ps(qv, x0, a[g][0]);
+        a[g][1] = _mm512_fmadd_ps(qv, x1, a[g][1]);
+        a[g][2] = _mm512_fmadd_ps(qv, x2, a[g][2]);
+        a[g][3] = _mm512_fmadd_ps(qv, x3, a[g][3]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; ++g) c[g][e] = reduce4(a[g][0], a[g][1], a[g][2], a[g][3]);
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < NG; ++g) _mm512_storeu_ps(s + g * ld, reduce16(c[g][0], c[g][1], c[g][2], c[g][3]));
+}
+
+// Scores s [rows, ld] of every run for keys [0, kt16) (a multiple of 16; the caller pads k_rows, and provides pf
+// rows past kt16 to prefetch): sixteen keys at a time for all runs, so the rows are read in address order.
+template <typename cache_t>
+LMX_AVX512 void scores_decode512(const float* q, const DecodeRun* runs, int64_t nruns, const cache_t* const* k_rows,
+                                 int64_t kt16, int64_t D, float* s, int64_t ld, int64_t pf) {
+  for (int64_t j = 0; j < kt16; j += 16)
+    for (int64_t k = 0; k < nruns; ++k) {
+      const DecodeRun& u = runs[k];
+      const float* qr = q + u.row * D;
+      float* sr = s + u.row * ld + j;
+      const int64_t f = u.prefetch ? pf : 0;
+      switch (u.ng) {
+        case 4: scores_decode16<4>(qr, k_rows + j, u.o, D, sr, ld, f); break;
+        case 3: scores_decode16<3>(qr, k_rows + j, u.o, D, sr, ld, f); break;
+        case 2: scores_decode16<2>(qr, k_rows + j, u.o, D, sr, ld, f); break;
+        default: scores_decode16<1>(qr, k_rows + j, u.o, D, sr, ld, f); break;
+      }
+    }
+}
+
+// acc[g * D + 16 u] = alpha[g] acc[g * D + 16 u] + Σ_{j < kt} p[g * ld + j] v[j][o + 16 u] for NG rows of one kv
+// head and NV vectors of channels (alpha null: 1). kCheck: skip the keys no row sees (p = 0 for all; their values
+// may be inf). pf > 0: prefetch these channels of the rows pf keys ahead.
+template <int NG, int NV, bool kCheck, typename cache_t>
+LMX_AVX512 inline void pv_decode512_block(const float* p, int64_t ld, const cache_t* const* v_rows, int64_t o,
+                                          int64_t kt, int64_t D, const float* alpha, float* acc, int64_t pf) {
+  constexpr int64_t bytes = NV * 16 * static_cast<int64_t>(sizeof(cache_t));
+  __m512 a[NG][NV];
+#pragma GCC unroll 4
+  for (int g = 0; g < NG; ++g) {
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) a[g][u] = _mm512_loadu_ps(acc + g * D + 16 * u);
+    if (alpha != nullptr) {
+      const __m512 al = _mm512_set1_ps(alpha[g]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) a[g][u] = _mm512_mul_ps(al, a[g][u]);
+    }
+  }
+  for (int64_t j = 0; j < kt; ++j) {
+    if (pf > 0) {
+      const char* pa = reinterpret_cast<const char*>(v_rows[j + pf] + o);
+#pragma GCC unroll 4
+      for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(pa + b, _MM_HINT_T0);
+    }
+    if constexpr (kCheck) {
+      bool masked = true;
+#pragma GCC unroll 4
+      for (int g = 0; g < NG; ++g) masked = masked && p[g * ld + j] == 0.0f;
+      if (masked) continue;
+    }
+    const cache_t* vj = v_rows[j] + o;
+    __m512 vv[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) vv[u] = load16(vj + 16 * u);
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; ++g) {
+      const __m512 pj = _mm512_set1_ps(p[g * ld + j]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) a[g][u] = _mm512_fmadd_ps(pj, vv[u], a[g][u]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < NG; ++g)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + g * D + 16 * u, a[g][u]);
+}
+
+template <int NG, bool kCheck, typename cache_t>
+LMX_AVX512 inline void pv_decode16(const float* p, int64_t ld, const cache_t* const* v_rows, int64_t o, int64_t kt,
+                                   int64_t D, const float* alpha, float* acc, int64_t pf) {
+  int64_t c = 0;
+  for (; c + 64 <= D; c += 64) pv_decode512_block<NG, 4, kCheck>(p, ld, v_rows, o + c, kt, D, alpha, acc + c, pf);
+  switch ((D - c) / 16) {
+    case 3: pv_decode512_block<NG, 3, kCheck>(p, ld, v_rows, o + c, kt, D, alpha, acc + c, pf); break;
+    case 2: pv_decode512_block<NG, 2, kCheck>(p, ld, v_rows, o + c, kt, D, alpha, acc + c, pf); break;
+    case 1: pv_decode512_block<NG, 1, kCheck>(p, ld, v_rows, o + c, kt, D, alpha, acc + c, pf); break;
+    default: break;
+  }
+}
+
+// acc = alpha ⊙ acc + P·V for every run over keys [0, kt), sixteen keys at a time for all runs (the rows in address
+// order); the caller provides pf rows past kt to prefetch.
+template <bool kCheck, typename cache_t>
+LMX_AVX512 void pv_decode512(const float* p, int64_t ld, const DecodeRun* runs, int64_t nruns,
+                             const cache_t* const* v_rows, int64_t kt, int64_t D, const float* alpha, float* acc,
+                             int64_t pf) {
+  for (int64_t j = 0; j < kt; j += 16) {
+    const int64_t n = std::min<int64_t>(16, kt - j);
+    for (int64_t k = 0; k < nruns; ++k) {
+      const DecodeRun& u = runs[k];
+      const float* pr = p + u.row * ld + j;
+      const float* al = j == 0 ? alpha + u.row : nullptr;
+      float* ar = acc + u.row * D;
+      const int64_t f = u.prefetch ? pf : 0;
+      switch (u.ng) {
+        case 4: pv_decode16<4, kCheck>(pr, ld, v_rows + j, u.o, n, D, al, ar, f); break;
+        case 3: pv_decode16<3, kCheck>(pr, ld, v_rows + j, u.o, n, D, al, ar, f); break;
+        case 2: pv_decode16<2, kCheck>(pr, ld, v_rows + j, u.o, n, D, al, ar, f); break;
+        default: pv_decode16<1, kCheck>(pr, ld, v_rows + j, u.o, n, D, al, ar, f); break;
+      }
+    }
+  }
+}
+
+// Online softmax of the score rows s [rows, ld] over keys [0, kt16) (masked keys -inf): updates m, l, writes the
+// probabilities in place and each row's rescale factor alpha (1 for rows that see no key yet: their acc is 0).
+LMX_AVX512 void softmax_rows512(float* s, int64_t ld, int64_t rows, int64_t kt16, float* m, float* l, float* alpha) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * ld;
+    __m512 mx = _mm512_loadu_ps(row);
+    for (int64_t j = 16; j < kt16; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(row + j));
+    const float m_new = std::max(m[r], _mm512_reduce_max_ps(mx));
+    if (m_new == kNegInf) {  // every key so far is masked for this row
+      std::fill(row, row + kt16, 0.0f);
+      alpha[r] = 1.0f;
+      continue;
+    }
+    const float a = exp_nonpositive(m[r] - m_new);
+    const __m512 shift = _mm512_set1_ps(m_new);
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= kt16; j += 32) {
+      const __m512 p0 = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + j), shift));
+      const __m512 p1 = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), shift));
+      _mm512_storeu_ps(row + j, p0);
+      _mm512_storeu_ps(row + j + 16, p1);
+      sum0 = _mm512_add_ps(sum0, p0);
+      sum1 = _mm512_add_ps(sum1, p1);
+    }
+    if (j < kt16) {
+      const __m512 p0 = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + j), shift));
+      _mm512_storeu_ps(row + j, p0);
+      sum0 = _mm512_add_ps(sum0, p0);
+    }
+    l[r] = l[r] * a + _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+    m[r] = m_new;
+    alpha[r] = a;
+  }
+}
 #pragma GCC diagnostic pop
 
 // The two kernels over every row of an item: rows come in runs of G (one kv head each, row_offset its offset),
@@ -918,6 +1129,7 @@ struct Scratch {
   std::vector<const scalar_t*> k_rows, v_rows;  // direct kernels: cache row [Hkv, D] of each key of the tile
   std::vector<int64_t> row_offset;               // direct kernels: offset of each row's kv head in a cache row
   std::vector<float> pq;                         // quantized direct kernels: probabilities times the V scales
+  std::vector<DecodeRun> runs;                   // AVX-512 decode kernels: the runs of rows that read one kv head
   void reserve(int64_t rows, int64_t head_dim) {
     const int64_t padded = (rows + 15) / 16 * 16;  // AVX-512 tiles: rows rounded up to whole vectors
     q.resize(rows * head_dim);
@@ -936,9 +1148,10 @@ struct Scratch {
       zero_row.assign(head_dim, 0);
     }
     row_offset.resize(rows);
+    runs.resize(rows);
     if (kQuantCache<scalar_t>) pq.resize(3 * rows * kKeyTile);  // P·scale, then the int8 scales of a tile
-    k_rows.resize(kKeyTile);
-    v_rows.resize(kKeyTile);
+    k_rows.resize(kKeyTile + 128);
+    v_rows.resize(kKeyTile + 128);
   }
 };
 
@@ -1069,6 +1282,9 @@ class PagedAttention {
 #if defined(LMX_DIRECT_KERNELS)
     if (tiles512_ && rows >= 16 && w.kv_heads == 1 && p_.alibi_slopes == nullptr && D % 16 == 0)
       return tiles_bf16_ ? process_tiles_bf16(w, sc) : process_tiles512(w, sc);
+    if constexpr (!kQuantCache<cache_t>)
+      if (tiles512_ && D % 16 == 0 && !(blas_sgemm() != nullptr && rows >= 16 && w.kv_heads == 1))
+        return process_decode512(w, sc);
 #endif
     const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
     const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin;  // position of the tile's first query
@@ -1214,6 +1430,72 @@ class PagedAttention {
   }
 
 #if defined(LMX_DIRECT_KERNELS)
+  // Few query rows with the AVX-512 direct kernels, float / bf16 / fp16 caches (decode): per key tile, the scores
+  // of each run of query rows that read one kv head (scores_decode512), masks, the online softmax sixteen keys a
+  // vector (softmax_rows512), then P·V with the accumulators' rescale folded in (pv_decode512). Same state (m, l,
+  // acc) and result as process().
+  void process_decode512(const WorkItem& w, Scratch<cache_t>& sc) const {
+    const int64_t D = p_.head_dim, G = group_, HQ = w.kv_heads * G, rows = w.q_count * HQ;
+    const int64_t n = p_.cu_seqlens_q[w.seq + 1] - p_.cu_seqlens_q[w.seq];
+    const int64_t first_pos = p_.seq_lens[w.seq] - n + w.q_begin, last_pos = first_pos + w.q_count - 1;
+    const int64_t token0 = p_.cu_seqlens_q[w.seq] + w.q_begin;
+    for (int64_t i = 0; i < w.q_count; ++i)
+      for (int64_t qh = 0; qh < HQ; ++qh) {
+        to_float(query_.data + (token0 + i) * query_.token_stride + (w.kv_head * G + qh) * query_.head_stride,
+                 sc.q.data() + (i * HQ + qh) * D, D, p_.scale);
+        sc.row_offset[i * HQ + qh] = (qh / G) * D;
+      }
+    std::fill(sc.acc.begin(), sc.acc.begin() + rows * D, 0.0f);
+    std::fill(sc.m.begin(), sc.m.begin() + rows, kNegInf);
+    std::fill(sc.l.begin(), sc.l.begin() + rows, 0.0f);
+    const float* q = sc.q.data();
+    DecodeRun* runs = sc.runs.data();  // runs of G rows read one kv head; groups of at most four
+    int64_t nruns = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += G)
+      for (int64_t g0 = 0; g0 < G; g0 += 4)
+        runs[nruns++] = {r0 + g0, sc.row_offset[r0], std::min<int64_t>(4, G - g0), g0 == 0 && r0 < HQ};
+    const cache_t** k_rows = sc.k_rows.data();
+    const cache_t** v_rows = sc.v_rows.data();
+    float* s = sc.s.data();  // [rows, ld]
+    float* alpha = sc.alpha.data();
+    const int64_t pf = kDecodePrefetchKeys;
+    for (int64_t j0 = w.key_begin; j0 < w.key_end; j0 += kDecodeKeyTile) {
+      const int64_t j1 = std::min(w.key_end, j0 + kDecodeKeyTile), kt = j1 - j0, ld = (kt + 15) / 16 * 16;
+      // Row pointers of the tile and of the next pf keys (software prefetch; past the item's keys: the last row).
+      const int64_t jp = std::min(w.key_end, j1 + pf);
+      row_pointers(k_cache_, w.seq, w.kv_head, j0, jp, k_rows);
+      std::fill(k_rows + (jp - j0), k_rows + ld + pf, k_rows[jp - j0 - 1]);
+      row_pointers(v_cache_, w.seq, w.kv_head, j0, jp, v_rows);
+      std::fill(v_rows + (jp - j0), v_rows + kt + pf, v_rows[jp - j0 - 1]);
+      scores_decode512(q, runs, nruns, k_rows, ld, D, s, ld, pf);
+      const bool full = (j1 - 1 <= first_pos) && (p_.sliding_window <= 0 || last_pos - j0 < p_.sliding_window);
+      for (int64_t i = 0; i < w.q_count; ++i) {
+        const int64_t pos = first_pos + i;
+        const int64_t lo = p_.sliding_window > 0 ? pos - p_.sliding_window + 1 : 0;
+        for (int64_t qh = 0; qh < HQ; ++qh) {
+          float* row = s + (i * HQ + qh) * ld;
+          if (p_.alibi_slopes != nullptr) {
+            const float slope = p_.alibi_slopes[w.kv_head * G + qh];
+            for (int64_t j = 0; j < kt; ++j) row[j] += slope * static_cast<float>(j0 + j - pos);
+          }
+          if (full) {
+            std::fill(row + kt, row + ld, kNegInf);
+          } else {  // visible keys of this row within the tile: [lo, pos] ∩ [j0, j1)
+            const int64_t first = std::clamp<int64_t>(lo - j0, 0, kt), end = std::clamp<int64_t>(pos + 1 - j0, first, kt);
+            std::fill(row, row + first, kNegInf);
+            std::fill(row + end, row + ld, kNegInf);
+          }
+        }
+      }
+      softmax_rows512(s, ld, rows, ld, sc.m.data(), sc.l.data(), alpha);
+      if (full)
+        pv_decode512<false>(s, ld, runs, nruns, v_rows, kt, D, alpha, sc.acc.data(), pf);
+      else
+        pv_decode512<true>(s, ld, runs, nruns, v_rows, kt, D, alpha, sc.acc.data(), pf);
+    }
+    finish(w, sc, token0);
+  }
+
   // One kv head's item with the AVX-512 tiles: Qᵀ staged once, then per key tile Sᵀ = K·Qᵀ, masks, the column
   // softmax and acc = alpha ⊙ acc + P·V. Same online-softmax state (m, l, acc) and result as process().
   void process_tiles512(const WorkItem& w, Scratch<cache_t>& sc) const {
