@@ -5,12 +5,14 @@ Models compute in the weights' dtype and call ``lmx.ops`` for RoPE, the KV-cache
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
 import numbers
 import operator
 import os
+import statistics
 import threading
 import time
 from collections.abc import Mapping
@@ -159,7 +161,8 @@ _WIDEN_BF16 = not cpu_has_native_bf16()
 # (attention 23.5 -> 13.0 ms a step, oneDNN's GEMVs 29 -> 45 GB/s), on cores other jobs keep busy 20 times slower
 # (each fork/join waits for a 4 ms tick: a step took 1.2 s against 54 ms on one thread). So in such steps only ops
 # that read ``_PARALLEL_MIN_BYTES`` may fork (a tiny model's never do), and ``_DecodeThreads`` times them per
-# byte both ways, per kind of op, and keeps the faster, trying the other way on one op now and then. Both ways give
+# byte both ways, per GEMM size and for attention, and keeps the faster, trying the other way for a few calls now
+# and then (a single call is too noisy: a woken thread may be late). Both ways give
 # the same numbers: the kernels' sums do not depend on the thread count. ``LMX_CPU_DECODE_THREADS=1`` (or =all)
 # fixes the choice.
 _PARALLEL_MIN_TOKENS = 64
@@ -168,39 +171,72 @@ _threads = threading.local()
 
 
 class _DecodeThreads:
-    """One thread or all for one kind of big op in decode-sized steps: whichever ran faster per byte lately."""
+    """One thread or all for one kind of big op in decode-sized steps: whichever ran faster per byte lately.
 
-    PROBE_EVERY = 16  # calls before the slower way is tried again; doubles each time it loses (up to 1024)
+    Each way keeps its last ``WINDOW`` costs (seconds per byte); the decision compares their medians, so one call
+    that waited for a woken thread does not flip it. Every ``interval`` calls the other way is tried for
+    ``PROBE_CALLS`` calls in a row (its old costs dropped first); the interval resets to ``PROBE_EVERY`` when the
+    probe wins and doubles (up to ``MAX_INTERVAL``) when it loses. The first call runs on one thread (the safe way),
+    the next ``PROBE_CALLS`` on all."""
+
+    PROBE_EVERY = 16
+    PROBE_CALLS = 4
+    WINDOW = 8
+    MAX_INTERVAL = 1024
 
     def __init__(self, fixed: str = "") -> None:
         self.fixed = {"1": False, "all": True}.get(fixed)
-        self.cost: dict[bool, float | None] = {False: None, True: None}  # seconds per byte, moving average
+        self.costs: dict[bool, collections.deque] = {w: collections.deque(maxlen=self.WINDOW) for w in (False, True)}
+        self.current = False  # the way in use
         self.interval = self.PROBE_EVERY
-        self.countdown = self.interval
+        self.countdown = 2  # the first probe (of all threads) right after the first call
+        self.probing = 0  # calls of the other way still to run in the current probe
 
     def choose(self) -> bool:
         if self.fixed is not None:
             return self.fixed
-        if self.cost[False] is None or self.cost[True] is None:
-            return self.cost[False] is not None  # one thread first (the safe way), then one try of all
-        best = self.cost[True] <= self.cost[False]
-        self.countdown -= 1
-        return (not best) if self.countdown <= 0 else best
+        if self.probing == 0:
+            self.countdown -= 1
+            if self.countdown > 0:
+                return self.current
+            self.probing = self.PROBE_CALLS
+            self.costs[not self.current].clear()
+        return not self.current
 
     def record(self, parallel: bool, seconds: float, nbytes: int) -> None:
         if self.fixed is not None:
             return
-        cost, old = seconds / nbytes, self.cost[parallel]
-        other = self.cost[not parallel]
-        if old is not None and other is not None and self.countdown <= 0:  # a probe: it replaces the stale cost
-            self.interval = self.PROBE_EVERY if cost < other else min(2 * self.interval, 1024)
-            self.countdown = self.interval
-            old = None
-        self.cost[parallel] = cost if old is None else 0.7 * old + 0.3 * cost
+        self.costs[parallel].append(seconds / nbytes)
+        if self.probing == 0 or parallel == self.current:
+            return
+        self.probing -= 1
+        if self.probing > 0:
+            return
+        kept = statistics.median(self.costs[self.current]) if self.costs[self.current] else math.inf
+        probed = statistics.median(self.costs[parallel])
+        if probed < kept:  # the other way won: use it, and check the old one again soon
+            self.current = parallel
+            self.interval = self.PROBE_EVERY
+        else:
+            self.interval = min(2 * self.interval, self.MAX_INTERVAL)
+        self.countdown = self.interval
+
+    def __repr__(self) -> str:
+        med = {w: statistics.median(c) if c else None for w, c in self.costs.items()}
+        return f"_DecodeThreads(all={self.current}, s/byte one={med[False]}, all={med[True]}, every {self.interval})"
 
 
 _FIXED_DECODE_THREADS = os.environ.get("LMX_CPU_DECODE_THREADS", "")
-_decode_threads = {kind: _DecodeThreads(_FIXED_DECODE_THREADS) for kind in ("gemm", "attention")}
+# One tuner per GEMM size (qkv, o, gate_up, down and the LM head fork at different costs) and one for attention.
+_decode_threads: dict[tuple[str, int], _DecodeThreads] = {}
+
+
+def _decode_tuner(kind: str, nbytes: int) -> _DecodeThreads:
+    key = (kind, nbytes if kind == "gemm" else 0)
+    tuner = _decode_threads.get(key)
+    if tuner is None:
+        tuner = _decode_threads[key] = _DecodeThreads(_FIXED_DECODE_THREADS)
+    return tuner
 
 
 @contextlib.contextmanager
@@ -233,7 +269,7 @@ def all_threads(nbytes: int | None = None, kind: str = "gemm"):
         if nbytes is None or nbytes < _PARALLEL_MIN_BYTES:
             yield
             return
-        tuner = _decode_threads[kind]
+        tuner = _decode_tuner(kind, nbytes)
         if not tuner.choose():
             t0 = time.perf_counter()
             yield
