@@ -15,6 +15,13 @@ SDPA time / lmx time (> 1: lmx is faster). RoPE and the cache write are compared
 ``--kv-quant`` times decode over a 16k cache with fp32, bf16, int8 and fp8 caches (fp32 queries, bf16 ones for
 the bf16 cache), alternating round by round in one process, and the fused rotary + cache write into each; the
 ratios are against the fp32 cache. KV bytes count what the kernel reads: K and V rows plus int8's (scale, zero).
+
+``--linear`` times the decode GEMVs of SmolLM2-135M (one row; qkv, o, gate_up, down, the LM head) with
+``lmx.ops.linear`` against ``F.linear`` and, in fp32, oneDNN's ``torch.ops.mkldnn._linear_pointwise``, with
+``Tensor.sum()`` of the same weights as the bandwidth to compare with. Each case cycles through enough copies of
+its weights (at least 128 MB) that no call finds them in the caches:
+
+    python bench/ops_cpu.py --linear --rounds 5 --json bench/results/cpu-linear.json
 """
 
 from __future__ import annotations
@@ -267,6 +274,57 @@ def bench_kv_quant_write(num_tokens: int, rounds: int) -> list[dict]:
     ]  # fmt: skip
 
 
+LINEAR_SHAPES = (("qkv", 960, 576), ("o_proj", 576, 576), ("gate_up", 3072, 576), ("down", 576, 1536),
+                 ("lm_head", 49152, 576))  # fmt: skip
+
+
+def bench_linear(name: str, n: int, k: int, dtype: torch.dtype, rounds: int) -> dict:
+    """One-row GEMVs over copies of an [n, k] weight, each way alternating round by round."""
+    copies = max(2, -(-(128 << 20) // (n * k * torch.empty(0, dtype=dtype).element_size())))
+    weights = [torch.randn(n, k).to(dtype) for _ in range(copies)]
+    x, out = torch.randn(1, k).to(dtype), torch.empty(1, n, dtype=dtype)
+    ways = {"lmx": lambda w: ops.linear(x, w, out=out), "F.linear": lambda w: F.linear(x, w), "sum": lambda w: w.sum()}
+    if dtype == torch.float32:
+        ways["onednn"] = lambda w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    for fn in ways.values():
+        fn(weights[0])
+    times = {way: [] for way in ways}
+    for _ in range(rounds):
+        for way, fn in ways.items():
+            t0 = time.perf_counter()
+            for w in weights:
+                fn(w)
+            times[way].append((time.perf_counter() - t0) / copies)
+    nbytes = weights[0].numel() * weights[0].element_size()
+    med = {way: statistics.median(t) for way, t in times.items()}
+    return {
+        "op": "linear", "layer": name, "shape": [n, k], "rows": 1, "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(), "weight_bytes": nbytes, "rounds": rounds,
+        "us": {way: t * 1e6 for way, t in med.items()}, "gbps": {way: nbytes / t / 1e9 for way, t in med.items()},
+        "lmx_speedup": {way: t / med["lmx"] for way, t in med.items() if way not in ("lmx", "sum")},
+    }  # fmt: skip
+
+
+def main_linear(args, info) -> None:
+    results = []
+    print(f"{'decode GEMV':<12}{'shape':>12}{'dtype':>10}{'lmx GB/s':>10}{'F.linear':>10}{'oneDNN':>9}{'sum()':>8}"
+          f"{'lmx / F.linear':>16}{'lmx / oneDNN':>14}")  # fmt: skip
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, n, k in LINEAR_SHAPES:
+            r = bench_linear(name, n, k, dtype, args.rounds)
+            results.append(r)
+            g, x = r["gbps"], r["lmx_speedup"]
+            onednn = f"{g['onednn']:>9.1f}" if "onednn" in g else f"{'-':>9}"
+            vs_onednn = f"{x['onednn']:>13.2f}x" if "onednn" in x else f"{'-':>14}"
+            print(f"{name:<12}{f'{n}x{k}':>12}{r['dtype']:>10}{g['lmx']:>10.1f}{g['F.linear']:>10.1f}{onednn}"
+                  f"{g['sum']:>8.1f}{x['F.linear']:>15.2f}x{vs_onednn}", flush=True)  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "command": "python bench/ops_cpu.py " + " ".join(sys.argv[1:]),
+                       "linear": results}, f, indent=1)  # fmt: skip
+        print(f"\nwrote {args.json}")
+
+
 def main_kv_quant(args, info) -> None:
     decode, write = [], []
     print(f"{'decode 16k':<14}{'heads':>10}{'cache':>15}{'ms':>9}{'KV GB/s':>10}{'vs fp32 cache':>15}"
@@ -299,6 +357,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated attention dtypes")
     parser.add_argument("--prefill-only", action="store_true", help="attention prefill cases only")
     parser.add_argument("--kv-quant", action="store_true", help="only the int8 / fp8 KV-cache cases (decode, write)")
+    parser.add_argument("--linear", action="store_true", help="only the decode GEMVs (lmx.ops.linear vs torch)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -316,6 +375,8 @@ def main() -> None:
     )
     if args.kv_quant:
         return main_kv_quant(args, info)
+    if args.linear:
+        return main_linear(args, info)
     attention = []
     header = f"{'op':<8}{'len':>7}{'heads':>11}{'dtype':>10}{'lmx ms':>11}{'sdpa ms':>11}{'lmx/sdpa speed':>16}  rate"
     print(header)

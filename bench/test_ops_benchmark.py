@@ -55,3 +55,12 @@ def test_rotary(benchmark, dtype, fused):
     else:
         fn = lambda: ops.rotary_embedding(q, k, positions, rope)  # noqa: E731
     benchmark.pedantic(fn, rounds=10, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["lmx", "F.linear"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,k", [(3072, 576), (49152, 576)], ids=["gate_up", "lm_head"])
+def test_decode_linear(benchmark, impl, dtype, n, k):
+    x, w = torch.randn(1, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+    fn = (lambda: ops.linear(x, w)) if impl == "lmx" else (lambda: F.linear(x, w))  # noqa: E731
+    benchmark(fn)

@@ -1,4 +1,5 @@
-"""lmx's kernels: fused rotary embedding with dynamic NTK, paged KV-cache writes and paged attention.
+"""lmx's kernels: fused rotary embedding with dynamic NTK, paged KV-cache writes, paged attention, and the CPU
+GEMV of decode steps (``linear``).
 
 This module is the only importer of ``lmx._C``. The C++ extension registers each op with the PyTorch dispatcher
 as ``torch.ops.lmx.<name>``, one implementation per dispatch key (CPU; CUDA when built with it, else one that
