@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from lmx.models import ForwardContext, LlamaForCausalLM
-from lmx.models.layers import LayerCache
+from lmx.models.layers import LayerCache, decode_step
 
 from .sequence import ScheduledChunk, Sequence
 
@@ -103,12 +103,13 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, chunks: list[ScheduledChunk]) -> StepOutput:
         input_ids, ctx = self.prepare(chunks)
-        if self.tp is None:
-            hidden = self.model(input_ids, ctx, self.kv_caches)  # [T, hidden]
-        else:
-            with self.tp.guarded(self.tp_token):  # the workers run the same step on their heads
-                self.tp.send_step(input_ids, ctx)
-                hidden = self.model(input_ids, ctx, self.kv_caches)
+        with decode_step(all(c.start >= c.seq.num_prompt_tokens for c in chunks)):
+            if self.tp is None:
+                hidden = self.model(input_ids, ctx, self.kv_caches)  # [T, hidden]
+            else:
+                with self.tp.guarded(self.tp_token):  # the workers run the same step on their heads
+                    self.tp.send_step(input_ids, ctx)
+                    hidden = self.model(input_ids, ctx, self.kv_caches)
         ends = ctx.cu_seqlens_q[1:].tolist()
         sample_rows = [ends[i] - 1 for i, c in enumerate(chunks) if c.needs_sample]
         sample_seqs = [c.seq for c in chunks if c.needs_sample]

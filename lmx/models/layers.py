@@ -240,6 +240,18 @@ def _decode_tuner(kind: str, nbytes: int) -> _DecodeThreads:
 
 
 @contextlib.contextmanager
+def decode_step(decode_only: bool):
+    """Marks the model calls within as one engine step; ``decode_only``: every token is a generated one (no prompt
+    token), the only steps whose linear layers may take ``lmx.ops.linear`` (see ``_LMX_GEMV``)."""
+    previous = getattr(_threads, "decode_step", None)
+    _threads.decode_step = decode_only
+    try:
+        yield
+    finally:
+        _threads.decode_step = previous
+
+
+@contextlib.contextmanager
 def kernel_threads(device: torch.device, num_tokens: int):
     """Within: one intra-op thread, except inside ``all_threads`` (CPU only; nested uses are no-ops)."""
     n = torch.get_num_threads()
@@ -305,13 +317,23 @@ _ONEDNN_FP32 = _onednn_fp32_linear()
 # against oneDNN's 24-41 (MKL's sgemv: 17); bf16 with AVX512-BF16 2.0-2.3x F.linear (oneDNN) on one thread, level
 # with it from 4 rows on; fp16 level with F.linear at one row, 2.4-3x at 8. CPUs without bf16 units get the
 # kernel that widens bf16 in registers up to 8 rows. LMX_CPU_GEMV=0 turns it off.
+# Within an engine step (``decode_step``) only steps whose tokens are all generated ones use it: prompt tokens take
+# oneDNN's GEMM whether they are prefilled in one chunk or, after a prefix-cache hit, in a few rows (the chunk size
+# still picks the attention kernel, so low bits can differ between the two).
 _LMX_GEMV = os.environ.get("LMX_CPU_GEMV", "1") != "0"
 _LMX_GEMV_MAX_ROWS = {torch.float32: 8, torch.float16: 8, torch.bfloat16: 2 if cpu_has_native_bf16() else 8}
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     with all_threads(weight.numel() * weight.element_size()):
-        if _LMX_GEMV and x.dim() == 2 and x.device.type == "cpu" and x.shape[0] <= _LMX_GEMV_MAX_ROWS.get(x.dtype, 0):
+        gemv = getattr(_threads, "decode_step", None) is not False  # a step with prompt tokens keeps the GEMMs
+        if (
+            gemv
+            and _LMX_GEMV
+            and x.dim() == 2
+            and x.device.type == "cpu"
+            and x.shape[0] <= _LMX_GEMV_MAX_ROWS.get(x.dtype, 0)
+        ):
             if weight.dtype == x.dtype and weight.is_contiguous():
                 return ops.linear(x, weight, bias)
         if _ONEDNN_FP32 and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu":
