@@ -25,6 +25,7 @@
 
 #include "blas.h"
 #include "kernels.h"
+#include "simd_loads.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -133,12 +134,8 @@ inline void dequant_row(const Fp8* src, float s, float* dst, int64_t n) {
 #if defined(LMX_DIRECT_KERNELS)
 // AVX2 kernels that read K and V rows straight from the cache (no fp32 staging copy). Used for few query rows
 // (decode, short chunks), where the work is memory-bound and a staging copy would double the traffic.
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const c10::BFloat16* p) {
-  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
-}
-inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+using simd::load16;  // fp32 / bf16 / fp16 rows widened to fp32 (simd_loads.h); the cache's int8 / fp8 ones below
+using simd::load8;
 // Quantized rows: the raw values (q as a float; the fp8 value before its head scale).
 inline __m256 load8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
@@ -572,14 +569,6 @@ LMX_AVX512 void pv_group512(const float* p, int64_t ld, const cache_t* const* v_
 // The direct (decode) kernels with AVX-512: the same contract as scores_direct / pv_direct, sixteen channels a
 // vector (D a multiple of 16). P·V takes the rows that read the same kv head (the G query heads of a token) together,
 // so each value row is loaded once for all of them.
-LMX_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-LMX_AVX512 inline __m512 load16(const c10::BFloat16* p) {
-  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
-}
-LMX_AVX512 inline __m512 load16(const c10::Half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
 LMX_AVX512 inline __m256 fold16(__m512 a) {
   return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
 }

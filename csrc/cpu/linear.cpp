@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "kernels.h"
+#include "simd_loads.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -50,16 +51,10 @@ void linear_portable(const T* x, int64_t ldx, int64_t M, const T* w, int64_t K, 
 }
 
 #if defined(LMX_X86)
-#define LMX_LINEAR_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define LMX_LINEAR_AVX512 LMX_SIMD_AVX512
+using simd::load16;  // full rows (simd_loads.h); the masked tails below
+using simd::load8;
 
-LMX_LINEAR_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-LMX_LINEAR_AVX512 inline __m512 load16(const c10::BFloat16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-LMX_LINEAR_AVX512 inline __m512 load16(const c10::Half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
 LMX_LINEAR_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 LMX_LINEAR_AVX512 inline __m512 load16(const c10::BFloat16* p, __mmask16 m) {
   const __m256i h = _mm256_maskz_loadu_epi16(m, p);
@@ -224,16 +219,8 @@ LMX_LINEAR_AVX512BF16 void linear_avx512_bf16(const c10::BFloat16* x, int64_t ld
 }
 
 // AVX2 (16 registers): one input row at a time, four 8-lane accumulators per output (lane l takes k ≡ l (mod 32)).
-#define LMX_LINEAR_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LMX_LINEAR_AVX2 LMX_SIMD_AVX2
 
-LMX_LINEAR_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-LMX_LINEAR_AVX2 inline __m256 load8(const c10::BFloat16* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-LMX_LINEAR_AVX2 inline __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
 
 template <int NR, typename T>
 LMX_LINEAR_AVX2 __attribute__((always_inline)) inline void tile256(const T* x, const T* w, int64_t K, const T* bias,
