@@ -313,9 +313,10 @@ def _onednn_fp32_linear() -> bool:
 _ONEDNN_FP32 = _onednn_fp32_linear()
 
 # Decode-sized linear layers read their weights once per step: lmx.ops.linear streams them at the memory's speed
-# (csrc/cpu/linear.cpp). Measured on a 2-core Zen 5 with one row: fp32 [3072, 576] at 66-78 GB/s on two threads
-# against oneDNN's 24-41 (MKL's sgemv: 17); bf16 with AVX512-BF16 2.0-2.3x F.linear (oneDNN) on one thread, level
-# with it from 4 rows on; fp16 level with F.linear at one row, 2.4-3x at 8. CPUs without bf16 units get the
+# (csrc/cpu/linear.cpp). On a 2-core Zen 5, one row, two threads (bench/ops_cpu.py --linear): fp32 at 47-72 GB/s
+# against oneDNN's 20-46 and F.linear's (MKL) 16-19; bf16 3.0-3.4x F.linear (oneDNN). From 4 rows on oneDNN's bf16
+# GEMM keeps up (one thread, measured once), so bf16 on a CPU with bf16 units takes it only up to 2 rows; fp16 was
+# level with F.linear at one row and 2.4-3x faster at 8 (one thread, measured once). CPUs without bf16 units get the
 # kernel that widens bf16 in registers up to 8 rows. LMX_CPU_GEMV=0 turns it off.
 # Within an engine step (``decode_step``) only steps whose tokens are all generated ones use it: prompt tokens take
 # oneDNN's GEMM whether they are prefilled in one chunk or, after a prefix-cache hit, in a few rows (the chunk size
